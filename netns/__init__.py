@@ -13,7 +13,16 @@ Public front::
 """
 
 from netns._capture import Capture, Flow, capture
-from netns._enter import argv_in, call_in, exists, pids_in, popen_in, run_in, socket_in
+from netns._enter import (
+                          argv_in,
+                          call_in,
+                          exists,
+                          pids_in,
+                          popen_in,
+                          run_in,
+                          socket_in,
+                          wait_listening,
+)
 from netns._errors import NetnsError, NotRootError
 from netns._topology import ROLES, Topology, down, existing, topology, unique_name, up
 
@@ -37,4 +46,5 @@ __all__ = [
     "topology",
     "unique_name",
     "up",
+    "wait_listening",
 ]

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -65,6 +66,34 @@ def socket_in(name: str, family: int = socket.AF_INET, type: int = socket.SOCK_S
 
     Wrap it with ``trio.socket.from_stdlib_socket`` to use it from trio."""
     return call_in(name, lambda: socket.socket(family, type, proto))
+
+
+def wait_listening(name: str | None, host: str, port: int, *, timeout: float = 10.0,
+                   proc: subprocess.Popen[Any] | None = None) -> None:
+    """Return once ``host:port`` accepts TCP connections from namespace ``name`` (None: this one).
+
+    Error handling:
+        NetnsError when ``timeout`` passes first, or at once when ``proc`` (the server being
+        waited for) exits.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket_in(name) if name else socket.socket()
+        sock.settimeout(0.5)
+        try:
+            sock.connect((host, port))
+            return
+        except OSError as exc:
+            last = exc
+        finally:
+            sock.close()
+        if proc is not None and proc.poll() is not None:
+            raise NetnsError(f"the server for {host}:{port} exited with {proc.returncode} "
+                             "before it listened")
+        if time.monotonic() > deadline:
+            raise NetnsError(f"nothing accepted on {host}:{port} in {name or 'this namespace'} "
+                             f"within {timeout} s ({last})")
+        time.sleep(0.05)
 
 
 def argv_in(name: str, argv: Sequence[str]) -> list[str]:

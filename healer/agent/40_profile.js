@@ -1,0 +1,274 @@
+// Behaviour profile plugin (Sead.profile): recorder, SEV value scheduling, anomaly detector,
+// post-evaluation of heals. Contract: docs/agent.md; tables: healer/profile/_tables.py;
+// the host-side twin of the window algorithm: healer/profile/_context.py.
+//
+// config.profile = {
+//   record: bool,          emit every call and return as 'profile:calls' batches
+//   args: n,               argument registers recorded per call (default 3)
+//   retBits: 32|64,        a 32-bit return value is sign-extended (C int functions)
+//   window, strategy, strategies, anomaly: {width, action}, functions: {...}   (agent_tables())
+// }
+(function () {
+  const ARG_REGS = 6;
+  const BATCH = 256;
+  const POST_CALLS = 8; // calls watched after a heal
+
+  let cfg = null;
+  let width = 15;
+  let nargs = 3;
+  let retBits = 64;
+  let batch = [];
+  const threads = new Map(); // threadId -> [{name, window, args, children: []}]
+  const rr = new Map(); // function -> round-robin state
+  const seenAnomalies = new Set();
+  const post = new Map(); // threadId -> {fn, value, expect, left, off: []}
+  const stats = { calls: 0, heals: 0, taintDepth: 0, taintedReturns: 0, offProfileReturns: 0,
+    anomalies: 0, postOk: 0, postOff: 0 };
+
+  function flush() {
+    if (batch.length === 0) return;
+    Sead.emit('profile:calls', { events: batch });
+    batch = [];
+  }
+
+  function stackOf(tid) {
+    let s = threads.get(tid);
+    if (s === undefined) {
+      s = [{ name: null, window: [], args: [], children: [] }];
+      threads.set(tid, s);
+    }
+    return s;
+  }
+
+  // Figure 4: previous siblings (most recent first), then the parent, then its previous siblings...
+  function windowOf(stack, w) {
+    const out = [];
+    for (let i = stack.length - 1; i >= 0 && out.length < w; i--) {
+      const ch = stack[i].children;
+      const last = i === stack.length - 1 ? ch.length - 1 : ch.length - 2;
+      for (let j = last; j >= 0 && out.length < w; j--) out.push(ch[j]);
+      if (stack[i].name !== null && out.length < w) out.push(stack[i].name);
+    }
+    return out;
+  }
+
+  // NativePointer (hex) / Int64 / number -> decimal string, sign-extended from `bits`
+  function signed(v, bits) {
+    const b = BigInt(bits === undefined ? retBits : bits);
+    let x = BigInt(v.toString()) & ((1n << b) - 1n);
+    if (x >> (b - 1n)) x -= 1n << b;
+    return x.toString();
+  }
+
+  function onCall(fn, tid, args) {
+    stats.calls++;
+    const stack = stackOf(tid);
+    const win = windowOf(stack, width);
+    const top = stack[stack.length - 1];
+    top.children.push(fn.name);
+    if (top.children.length > width) top.children.shift();
+    const a = [];
+    for (let i = 0; i < nargs && i < ARG_REGS; i++) a.push(signedArg(args[i]));
+    stack.push({ name: fn.name, window: win, args: a, children: [] });
+    if (cfg.record) {
+      batch.push(['c', tid, fn.name, a]);
+      if (batch.length >= BATCH) flush();
+    }
+    const p = post.get(tid);
+    if (p !== undefined && p.first) {
+      p.first = false;
+      if (p.expect.length > 0 && p.expect.indexOf(fn.name) < 0) {
+        p.off.push(`${fn.name} called after ${p.fn} = ${p.value} (expected ${p.expect.join(' or ')})`);
+      }
+    }
+    checkAnomaly(fn.name, win);
+  }
+
+  function signedArg(v) {
+    return v === undefined ? '0' : signed(v, 64);
+  }
+
+  function onReturn(fn, tid, retval) {
+    const stack = stackOf(tid);
+    for (let i = stack.length - 1; i > 0; i--) {
+      if (stack[i].name === fn.name) {
+        stack.length = i;
+        break;
+      }
+    }
+    const value = signed(retval);
+    if (cfg.record) {
+      batch.push(['r', tid, fn.name, value]);
+      if (batch.length >= BATCH) flush();
+    }
+    if (stats.taintDepth > 0) {
+      stats.taintedReturns++;
+      const t = table(fn.name);
+      if (t !== null && t.values.indexOf(value) < 0) {
+        stats.offProfileReturns++;
+        const p = post.get(tid);
+        if (p !== undefined) p.off.push(`${fn.name} returned ${value}, never seen in training`);
+      }
+    }
+    const p = post.get(tid);
+    if (p !== undefined && --p.left <= 0) finishPost(tid, p);
+  }
+
+  function table(name) {
+    const fns = cfg.functions;
+    if (fns === undefined || !Object.prototype.hasOwnProperty.call(fns, name)) return null;
+    return fns[name];
+  }
+
+  function checkAnomaly(name, win) {
+    const an = cfg.anomaly;
+    if (an === undefined || !an.width || cfg.functions === undefined) return;
+    const t = table(name);
+    const key = win.slice(0, an.width).join('|');
+    if (t !== null && t.windows.indexOf(key) >= 0) return;
+    const id = name + '<' + key;
+    if (seenAnomalies.has(id)) return;
+    seenAnomalies.add(id);
+    stats.anomalies++;
+    let action = 'log';
+    if (an.action === 'supervise' && Sead.coverage !== undefined &&
+        typeof Sead.coverage.supervise === 'function') {
+      for (const f of [name].concat(win.slice(0, an.width))) Sead.coverage.supervise(f);
+      action = 'supervise';
+    }
+    Sead.emit('anomaly', { function: name, window: win.slice(0, an.width),
+      reason: t === null ? 'function never seen in training' : 'window never seen in training',
+      action: action });
+  }
+
+  // ---- SEV return-value scheduling (SEV paper, section 3.2) ----
+
+  const strategies = {
+    first(t) {
+      return [t.values[0], 'first value seen in training'];
+    },
+    'round-robin'(t, name) {
+      // FCFS over all values seen so far, newcomers included at once
+      const st = rr.get(name) || { i: 0 };
+      rr.set(name, st);
+      const v = t.values[st.i % t.values.length];
+      st.i++;
+      return [v, `value ${(st.i - 1) % t.values.length + 1} of ${t.values.length} in turn`];
+    },
+    'delayed-round-robin'(t, name) {
+      // iterate through the current set before newcomers are considered
+      let st = rr.get(name);
+      if (st === undefined || st.i >= st.set.length) {
+        st = { i: 0, set: t.values.slice() };
+        rr.set(name, st);
+      }
+      const v = st.set[st.i++];
+      return [v, `value ${st.i} of a round of ${st.set.length}`];
+    },
+    'argument-closest'(t, name, frame) {
+      if (t.args.length === 0 || frame === null) return strategies.first(t);
+      let best = null;
+      let bestD = Infinity;
+      for (const [a, v] of t.args) {
+        let d = 0;
+        for (let i = 0; i < a.length; i++) {
+          const x = Number(a[i]);
+          const y = Number(frame.args[i] === undefined ? 0 : frame.args[i]);
+          if (x !== y) d += 1 + Math.log2(1 + Math.abs(x - y)) / 64;
+        }
+        if (d < bestD) {
+          bestD = d;
+          best = [v, a];
+        }
+      }
+      return [best[0], `closest training arguments (${best[1].join(', ')}), distance ${bestD.toFixed(2)}`];
+    },
+    context(t, name, frame) {
+      const win = frame === null ? [] : frame.window;
+      for (let s = win.length; s > 0; s--) {
+        const key = win.slice(0, s).join('|');
+        const vals = t.ctx[key];
+        if (vals !== undefined) {
+          const total = vals.reduce((acc, vn) => acc + vn[1], 0);
+          return [vals[0][0], `P(${vals[0][0]} | window ${win.slice(0, s).join(' < ')}) = ` +
+            `${vals[0][1]}/${total}`];
+        }
+      }
+      const [v] = strategies.first(t);
+      return [v, 'window never seen in training: first value seen'];
+    },
+  };
+
+  function frameOf(tid, name) {
+    const stack = stackOf(tid);
+    for (let i = stack.length - 1; i > 0; i--) if (stack[i].name === name) return stack[i];
+    return null;
+  }
+
+  function chooseValue(fn, tx) {
+    const t = table(fn.name);
+    if (t === null || t.values.length === 0) return null;
+    const strategy = (cfg.strategies && cfg.strategies[fn.name]) || cfg.strategy || 'context';
+    const [v, evidence] = strategies[strategy](t, fn.name, frameOf(tx.threadId, fn.name));
+    return { value: int64(v), source: 'profile', why: `${strategy}: ${evidence}` };
+  }
+
+  // ---- post-evaluation and taint depth (SEV paper, section 3.2) ----
+
+  function postEvaluate(tx, choice) {
+    stats.heals++;
+    stats.taintDepth++;
+    const t = table(tx.fn.name);
+    const value = signed(choice.value);
+    const expect = t === null ? [] : (t.succ[value] || []);
+    const prev = post.get(tx.threadId);
+    if (prev !== undefined) finishPost(tx.threadId, prev);
+    post.set(tx.threadId, { fn: tx.fn.name, value: value, expect: expect, left: POST_CALLS,
+      first: true, off: [] });
+  }
+
+  function finishPost(tid, p) {
+    post.delete(tid);
+    const ok = p.off.length === 0;
+    if (ok) stats.postOk++; else stats.postOff++;
+    Sead.emit('profile:post', { function: p.fn, value: p.value, ok: ok, offProfile: p.off,
+      taintDepth: stats.taintDepth });
+  }
+
+  Sead.profile = {
+    chooseValue: chooseValue,
+    postEvaluate: postEvaluate,
+    window: (tid, name) => { const f = frameOf(tid, name); return f === null ? [] : f.window; },
+    flush: flush,
+    stats: () => Object.assign({}, stats),
+  };
+
+  Sead.use({
+    name: 'profile',
+    init(config) {
+      cfg = config.profile || {};
+      width = cfg.window || 15;
+      nargs = cfg.args === undefined ? 3 : cfg.args;
+      retBits = cfg.retBits || 64;
+      if (cfg.record || cfg.functions !== undefined) Sead.wantCalls = true;
+      if (cfg.record) setInterval(flush, 100);
+    },
+    onCall(fn, threadId, args) {
+      if (cfg !== null) onCall(fn, threadId, args);
+    },
+    onReturn(fn, threadId, retval) {
+      if (cfg !== null) onReturn(fn, threadId, retval);
+    },
+    chooseReturnValue(tx) {
+      return cfg === null ? null : chooseValue(tx.fn, tx);
+    },
+    afterRepair(tx, fault, choice) {
+      if (cfg !== null) postEvaluate(tx, choice);
+      return null;
+    },
+    status() {
+      flush();
+      return { profile: Sead.profile.stats() };
+    },
+  });
+})();

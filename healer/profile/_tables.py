@@ -1,0 +1,60 @@
+"""The profile as the agent consumes it (``config.profile`` of ``rpc.exports.init``).
+
+The agent chooses values on the faulting thread, in the target, with no round trip to the host, so
+the host pre-digests the profile into lookup tables: values in first-seen order, every window prefix
+(1..width) with its values ordered most frequent first, argument samples, successors per value, and
+the set of known windows at the anomaly width. Values travel as decimal strings (64-bit safe).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from healer.profile._model import Profile
+
+STRATEGIES = ("first", "round-robin", "delayed-round-robin", "argument-closest", "context")
+"""SEV return-value scheduling strategies (SEV paper, section 3.2), selectable per function."""
+
+
+def agent_tables(profile: Profile, *, strategy: str = "context",
+                 strategies: dict[str, str] | None = None, anomaly_width: int = 0,
+                 anomaly_action: str = "log") -> dict[str, Any]:
+    """``config.profile`` for the agent.
+
+    Args:
+        profile: the trained profile.
+        strategy: default scheduling strategy; ``strategies`` overrides it per function.
+        anomaly_width: windows of this many functions never seen in training raise an ``anomaly``
+            event (0: no anomaly detection).
+        anomaly_action: ``log`` or ``supervise`` (also ask the coverage module to supervise it).
+
+    Error handling:
+        An unknown strategy or action raises ValueError naming the accepted ones.
+    """
+    strategies = dict(strategies or {})
+    for s in [strategy, *strategies.values()]:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown scheduling strategy {s!r}; "
+                             f"use one of {', '.join(STRATEGIES)}")
+    if anomaly_action not in ("log", "supervise"):
+        raise ValueError(f"unknown anomaly action {anomaly_action!r}; use log or supervise")
+    functions = {}
+    for name, fp in profile.functions.items():
+        prefixes: dict[str, Counter[int]] = {}
+        for w, c in fp.contexts.items():
+            for s in range(1, len(w) + 1):
+                prefixes.setdefault("|".join(w[:s]), Counter()).update(c)
+        functions[name] = {
+            "values": [str(v) for v in fp.values],
+            "ctx": {k: [[str(v), n] for v, n in sorted(c.items(), key=lambda vn: (-vn[1], vn[0]))]
+                    for k, c in prefixes.items()},
+            "args": [[[str(a) for a in args], str(min(c, key=lambda v: (-c[v], v)))]
+                     for args, c in fp.args.items()],
+            "succ": {str(v): sorted(c) for v, c in fp.successors.items()},
+            "windows": sorted({"|".join(w[:anomaly_width]) for w in fp.contexts})
+            if anomaly_width else [],
+        }
+    return {"window": profile.window, "strategy": strategy, "strategies": strategies,
+            "anomaly": {"width": anomaly_width, "action": anomaly_action},
+            "functions": functions}

@@ -24,12 +24,14 @@ from netns._enter import (
                           wait_listening,
 )
 from netns._errors import NetnsError, NotRootError
+from netns._gateway import Gateway, gateway, start_gateway, vproxy_argv
 from netns._topology import ROLES, Topology, down, existing, topology, unique_name, up
 
 __all__ = [
     "ROLES",
     "Capture",
     "Flow",
+    "Gateway",
     "NetnsError",
     "NotRootError",
     "Topology",
@@ -39,12 +41,15 @@ __all__ = [
     "down",
     "existing",
     "exists",
+    "gateway",
     "pids_in",
     "popen_in",
     "run_in",
     "socket_in",
+    "start_gateway",
     "topology",
     "unique_name",
     "up",
+    "vproxy_argv",
     "wait_listening",
 ]

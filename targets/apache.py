@@ -163,6 +163,10 @@ def start(*, port: int = 8080, host: str = "127.0.0.1", ns: str | None = None, w
     """
     if not os.path.exists(APACHE2) or not MANUAL.is_dir():
         raise ApacheError(f"{APACHE2} or {MANUAL} is missing: apt-get install apache2 apache2-doc")
+    if _probe(host, port, ns):  # else the wait below would take the other server for ours
+        raise ApacheError(f"{host}:{port} is already in use (address already in use"
+                          f"{' in namespace ' + ns if ns else ''}): stop that server or pick "
+                          "another port")
     owns_root = root is None
     root = root or Path(tempfile.mkdtemp(prefix="sead-apache-"))
     (root / "run").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,330 @@
+"""Table 1 of the STEM paper: ``wget -r`` of the Apache manual, native and through the gateway.
+
+Apache (``-X``, one process, as in the paper) serves ``/manual/`` in the server namespace of a
+routed layout; wget runs in the client namespace and writes to a tmpfs. Configurations, run
+alternately (A B C ... A B C ...) so that drift on the shared machine hits them all alike:
+
+- ``native``: through the gateway namespace's kernel routing (same links, no proxy);
+- ``haproxy-tcp``: haproxy in TCP mode, one thread (the reference proxy);
+- ``vproxy-pass``: ``vproxy serve`` with no healer (pass-through);
+- ``vproxy-none|cosak|all``: ``vproxy serve --control`` with ``healer attach --coverage X``.
+
+Prints a table like the paper's (seconds, ms per request, slowdown), writes
+``bench/results/wget_manual.json`` and ``.png``, and the time ``healer attach`` takes on a running
+Apache. A configuration whose parts do not exist yet is reported as ``not available: <why>``.
+
+    python -m bench wget_manual
+    python -m bench.wget_manual --rounds 5 --configs native,vproxy-pass
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import netns
+from targets import apache
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ("native", "haproxy-tcp", "vproxy-pass", "vproxy-none", "vproxy-cosak", "vproxy-all")
+PORTS = {"haproxy-tcp": 8081, "vproxy-pass": 8082, "vproxy-guarded": 8083}
+APACHE_PORT = 8080
+PAPER = "Apache 2.0.53: 74.85% slowdown under STEM; 2.2.4: 72.54% (~4100 files, ~72 MB)"
+
+
+class NotAvailable(Exception):
+    """A configuration cannot run here; the message says why."""
+
+
+@dataclass
+class Crawl:
+    seconds: float
+    requests: int
+    files: int
+    bytes: int
+    wget_status: int
+
+
+@dataclass
+class Config:
+    name: str
+    url: str = ""
+    reason: str = ""  # set when not available
+    crawls: list[Crawl] = field(default_factory=list)
+    attach_seconds: list[float] = field(default_factory=list)
+
+
+def _command_exists(package: str, command: str) -> bool:
+    """Whether ``python -m PACKAGE COMMAND --help`` works (the command has landed)."""
+    proc = subprocess.run([sys.executable, "-m", package, command, "--help"], cwd=REPO,
+                          capture_output=True, timeout=60)
+    return proc.returncode == 0
+
+
+def _crawl(topo: netns.Topology, httpd: apache.Apache, url: str, out: Path) -> Crawl:
+    shutil.rmtree(out, ignore_errors=True)
+    before = _lines(httpd.root / "access.log")
+    start = time.perf_counter()
+    proc = netns.run_in(topo.client_ns, ["wget", "-r", "-np", "-nH", "-q", "-P", str(out), url],
+                        timeout=600, check=False)
+    seconds = time.perf_counter() - start
+    files = [p for p in out.rglob("*") if p.is_file()]
+    # wget exits 8 for the manual's 404s (links to absent translations): not a failure
+    return Crawl(seconds, _lines(httpd.root / "access.log") - before, len(files),
+                 sum(p.stat().st_size for p in files), proc.returncode)
+
+
+def _lines(path: Path) -> int:
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        return sum(1 for _ in f)
+    return 0
+
+
+@contextlib.contextmanager
+def _haproxy(topo: netns.Topology, workdir: Path) -> Iterator[str]:
+    if not shutil.which("haproxy"):
+        raise NotAvailable("haproxy is not installed (apt-get install haproxy)")
+    cfg = workdir / "haproxy.cfg"
+    listen = (topo.gw_client_addr, PORTS["haproxy-tcp"])
+    cfg.write_text(f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen manual
+    bind {listen[0]}:{listen[1]}
+    server apache {topo.server_addr}:{APACHE_PORT}
+""")
+    proc = netns.popen_in(topo.gw_ns, ["haproxy", "-db", "-f", str(cfg)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        netns.wait_listening(topo.client_ns, *listen, proc=proc)
+        yield f"http://{listen[0]}:{listen[1]}/manual/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def _vproxy(topo: netns.Topology, port: int, control: Path | None,
+            log: Path) -> Iterator[str]:
+    if not _command_exists("vproxy", "serve"):
+        raise NotAvailable("`vproxy serve` does not exist yet")
+    listen = (topo.gw_client_addr, port)
+    with open(log, "ab") as out, netns.gateway(topo, listen=listen,
+                                              upstream=(topo.server_addr, APACHE_PORT),
+                                              control=control, log=out):
+        yield f"http://{listen[0]}:{listen[1]}/manual/"
+
+
+@contextlib.contextmanager
+def _healer(pid: int, coverage: str, control: Path, log: Path) -> Iterator[float]:
+    """``healer attach PID --coverage C --control PATH`` for the block; yields seconds to attach.
+
+    The healer prints a line containing ``attached`` once the agent is live (its ready signal)."""
+    argv = [sys.executable, "-m", "healer", "attach", str(pid), "--coverage", coverage,
+            "--control", str(control)]
+    with open(log, "ab") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err,
+                                start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # bounded by the healer exiting (EOF)
+                if b"attached" in line:
+                    break
+            else:
+                raise NotAvailable(f"healer attach exited {proc.wait(10)} before attaching "
+                                   f"(log: {log})")
+            yield time.perf_counter() - start
+        finally:
+            proc.send_signal(2)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache, urls: dict[str, str],
+           control: Path, work: Path) -> None:
+    out = work / "wget"
+    if not cfg.name.startswith("vproxy-") or cfg.name == "vproxy-pass":
+        cfg.crawls.append(_crawl(topo, httpd, urls[cfg.name], out))
+        return
+    coverage = cfg.name.removeprefix("vproxy-")
+    with _healer(httpd.pid, coverage, control, work / "healer.log") as attach:
+        cfg.attach_seconds.append(attach)
+        cfg.crawls.append(_crawl(topo, httpd, urls["vproxy-guarded"], out))
+
+
+def run(names: list[str], rounds: int) -> tuple[list[Config], dict[str, Any]]:
+    """Measure ``names`` for ``rounds`` alternating rounds; returns configs and facts."""
+    configs = [Config(n) for n in names]
+    work = Path(tempfile.mkdtemp(prefix="sead-wget-", dir="/dev/shm"))
+    facts: dict[str, Any] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            topo = stack.enter_context(netns.topology(netns.unique_name("seadbench"),
+                                                      routed=True))
+            httpd = stack.enter_context(apache.running(host=topo.server_addr, port=APACHE_PORT,
+                                                       ns=topo.server_ns))
+            facts["apache"] = subprocess.run([apache.APACHE2, "-v"], capture_output=True,
+                                             text=True).stdout.splitlines()[0]
+            control = work / "ctl.sock"
+            urls = {"native": f"http://{topo.server_addr}:{APACHE_PORT}/manual/"}
+            starters = {
+                "haproxy-tcp": lambda: _haproxy(topo, work),
+                "vproxy-pass": lambda: _vproxy(topo, PORTS["vproxy-pass"], None,
+                                               work / "vproxy-pass.log"),
+                "vproxy-guarded": lambda: _vproxy(topo, PORTS["vproxy-guarded"], control,
+                                                  work / "vproxy-guarded.log"),
+            }
+            guarded = [c for c in configs if c.name in ("vproxy-none", "vproxy-cosak",
+                                                        "vproxy-all")]
+            wanted = {c.name for c in configs} | ({"vproxy-guarded"} if guarded else set())
+            reasons: dict[str, str] = {}
+            for key, starter in starters.items():
+                if key in wanted:
+                    try:
+                        urls[key] = stack.enter_context(starter())
+                    except (NotAvailable, netns.NetnsError) as exc:
+                        reasons[key] = str(exc)
+            if guarded and "vproxy-guarded" not in reasons and \
+                    not _command_exists("healer", "attach"):
+                reasons["vproxy-guarded"] = "`healer attach` does not exist yet"
+            for c in configs:
+                c.reason = reasons.get("vproxy-guarded" if c in guarded else c.name, "")
+            _crawl(topo, httpd, urls["native"], work / "wget")  # warm the page cache
+            for _ in range(rounds):
+                for c in configs:
+                    if c.reason:
+                        continue
+                    try:
+                        _round(c, topo, httpd, urls, control, work)
+                    except (NotAvailable, netns.NetnsError) as exc:
+                        c.reason = str(exc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return configs, facts
+
+
+def summarize(configs: list[Config], rounds: int, facts: dict[str, Any]) -> dict[str, Any]:
+    by_name = {c.name: c for c in configs}
+    native = by_name.get("native")
+    base = statistics.median(c.seconds for c in native.crawls) if native and native.crawls \
+        else None
+    ref_files = native.crawls[0].files if native and native.crawls else None
+    table: dict[str, Any] = {}
+    for c in configs:
+        if c.reason or not c.crawls:
+            table[c.name] = {"available": False, "reason": c.reason or "no run"}
+            continue
+        med = statistics.median(x.seconds for x in c.crawls)
+        requests = c.crawls[-1].requests
+        entry: dict[str, Any] = {
+            "available": True, "median_seconds": round(med, 4),
+            "runs_seconds": [round(x.seconds, 4) for x in c.crawls],
+            "requests": requests, "files": c.crawls[-1].files, "bytes": c.crawls[-1].bytes,
+            "ms_per_request": round(1000 * med / max(requests, 1), 4),
+            "slowdown": round(med / base, 3) if base else None,
+            "complete": ref_files is None or all(x.files == ref_files for x in c.crawls),
+        }
+        if c.attach_seconds:
+            entry["attach_seconds_median"] = round(statistics.median(c.attach_seconds), 3)
+        table[c.name] = entry
+    return {"workload": "wget -r -np -nH of /manual/ (apache2-doc), Apache -X, wget to tmpfs",
+            "rounds": rounds, "order": "alternating", "paper": PAPER, **facts,
+            "configs": table}
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(f"{'configuration':<14} {'seconds':>8} {'ms/req':>7} {'slowdown':>9} {'requests':>8} "
+          f"{'MB':>6} {'attach s':>8}")
+    for name, e in summary["configs"].items():
+        if not e["available"]:
+            print(f"{name:<14} not available: {e['reason']}")
+            continue
+        slow = f"{100 * (e['slowdown'] - 1):+.1f}%" if e["slowdown"] else "-"
+        attach = f"{e['attach_seconds_median']:.2f}" if "attach_seconds_median" in e else "-"
+        flag = "" if e["complete"] else "  INCOMPLETE crawl"
+        print(f"{name:<14} {e['median_seconds']:>8.3f} {e['ms_per_request']:>7.3f} {slow:>9} "
+              f"{e['requests']:>8} {e['bytes'] / 1e6:>6.1f} {attach:>8}{flag}")
+    print(f"paper: {summary['paper']}")
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(summary["configs"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, name in enumerate(names):
+        e = summary["configs"][name]
+        if e["available"]:
+            ax.bar(i, e["median_seconds"], color="tab:blue" if name == "native" else "tab:orange")
+            label = f"{e['median_seconds']:.2f}s" + (f"\n{e['slowdown']:.2f}x"
+                                                     if e["slowdown"] else "")
+            ax.text(i, e["median_seconds"], label, ha="center", va="bottom", fontsize=8)
+        else:
+            ax.bar(i, 0.0)
+            ax.text(i, 0.0, "not\navailable", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("wget -r /manual/ median seconds")
+    ax.set_title(f"Apache manual crawl ({summary['rounds']} alternating rounds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.wget_manual",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated subset of {','.join(CONFIGS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+    names = [n for n in args.configs.split(",") if n]
+    if unknown := set(names) - set(CONFIGS):
+        parser.error(f"unknown configurations {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
+    if os.geteuid() != 0:
+        print("wget_manual: needs root (network namespaces): run it as root", file=sys.stderr)
+        return 1
+    try:
+        configs, facts = run(names, args.rounds)
+    except (netns.NetnsError, apache.ApacheError) as exc:
+        print(f"wget_manual: {exc}", file=sys.stderr)
+        return 1
+    summary = summarize(configs, args.rounds, facts)
+    print_table(summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "wget_manual.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, args.out / "wget_manual.png")
+    print(f"wrote {args.out / 'wget_manual.json'} and {args.out / 'wget_manual.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -246,7 +246,8 @@ _PARSERS: dict[str, tuple[int, object]] = {
     "GUARD": (0, lambda t: Guard()),
     "UNGUARD": (0, lambda t: Unguard()),
     "CONN": (3, lambda t: Conn(_uint(t[0], "cid"), Endpoint.parse(t[1]), Endpoint.parse(t[2]))),
-    "BEGIN": (2, lambda t: Begin(_uint(t[0], "tx"), None if t[1] == "-" else _uint(t[1], "parent"))),
+    "BEGIN": (2, lambda t: Begin(_uint(t[0], "tx"),
+                                 None if t[1] == "-" else _uint(t[1], "parent"))),
     "IO": (5, _parse_io),
     "COMMIT": (1, lambda t: Commit(_uint(t[0], "tx"))),
     "ABORT": (2, lambda t: Abort(_uint(t[0], "tx"), _word(t[1], "reason"))),
@@ -278,7 +279,7 @@ def parse_line(line: str) -> Message:
     if count < 0 and len(args) < -count - 1:
         raise ControlProtocolError(f"{verb} takes at least {-count - 1} fields", line)
     try:
-        return parser(args)  # type: ignore[operator,no-any-return]
+        return parser(args)  # type: ignore[operator]
     except ValueError as exc:
         raise ControlProtocolError(f"{verb}: {exc}", line) from None
 
@@ -359,7 +360,8 @@ class ControlReader:
                     self._discarding = True
                     head = bytes(self._buf[:60]).decode("ascii", "replace")
                     self._buf.clear()
-                    return Malformed(ControlProtocolError(f"line longer than {MAX_LINE} bytes", head))
+                    return Malformed(
+                        ControlProtocolError(f"line longer than {MAX_LINE} bytes", head))
                 if self._discarding:
                     self._buf.clear()
                 return NEED_DATA

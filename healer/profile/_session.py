@@ -88,12 +88,12 @@ class ProfileSession:
         except (frida.ExecutableNotFoundError, frida.NotSupportedError) as exc:
             raise SessionError(f"cannot start {argv[0]!r}: {exc}; give a path to an executable "
                                "after '--'") from None
+        self.pid = pid
         try:
             self._session = self._device.attach(pid)
-            self.pid = pid
             self._start()
         except BaseException:
-            self._kill(pid)
+            self.kill()
             raise
         self._device.resume(pid)
         return pid
@@ -199,7 +199,8 @@ class ProfileSession:
                 if self._on_trace:
                     self._on_trace(return_line(name, value))
 
-    @staticmethod
-    def _kill(pid: int) -> None:
-        with contextlib.suppress(frida.ProcessNotFoundError):
-            frida.kill(pid)
+    def kill(self) -> None:
+        """Kill the target (for a process this session started)."""
+        if self.pid:
+            with contextlib.suppress(frida.ProcessNotFoundError, frida.InvalidOperationError):
+                frida.kill(self.pid)

@@ -33,9 +33,9 @@ def agent_tables(profile: Profile, *, strategy: str = "context",
         An unknown strategy or action raises ValueError naming the accepted ones.
     """
     strategies = dict(strategies or {})
-    for s in [strategy, *strategies.values()]:
-        if s not in STRATEGIES:
-            raise ValueError(f"unknown scheduling strategy {s!r}; "
+    for chosen in [strategy, *strategies.values()]:
+        if chosen not in STRATEGIES:
+            raise ValueError(f"unknown scheduling strategy {chosen!r}; "
                              f"use one of {', '.join(STRATEGIES)}")
     if anomaly_action not in ("log", "supervise"):
         raise ValueError(f"unknown anomaly action {anomaly_action!r}; use log or supervise")

@@ -1,0 +1,1 @@
+"""``make demo``: a protected server behind the self-healing gateway, attacked and healed."""

@@ -221,7 +221,7 @@ class _Compiler:
         decl = self.declared.get(str(name))
         if decl is None or decl.kind != kind:
             side = "before ':=:'" if kind == "ivp" else "after ':=:'"
-            found = f"{decl.kind} {name!s}" if decl else f"no definition of {name!s}"
+            found = f"{decl.kind} {name!s}" if decl else f"{name!s}, which is not defined"
             candidates = [n for n, d in self.declared.items() if d.kind == kind]
             self.error(name, f"expected the name of an {kind} {side}, found {found}"
                              f"{self._suggest(str(name), candidates)}")
@@ -395,9 +395,11 @@ class _Compiler:
         if sym is None:
             candidates = [n for n, d in self.declared.items() if d.kind in ("symval", "cdi")]
             candidates += [s.name for s in self.symbols.values() if not s.is_function]
+            hint = self._suggest(str(token), candidates)
+            if str(token) in ("rvalue", "raddress", "shadowstack"):
+                hint = f"; the special variable is written '{token!s}"
             self.error(token, f"unknown name {token!s}: expected a symval, a cdi or a global "
-                              f"variable of {self.binary_name}"
-                              f"{self._suggest(str(token), candidates)}")
+                              f"variable of {self.binary_name}{hint}")
             raise _Invalid
         if sym.is_function:
             self.error(token, f"{token!s} is a function, expected a value (write &{token!s} for "

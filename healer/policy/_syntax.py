@@ -35,9 +35,28 @@ def _terminal_names() -> dict[str, str]:
     return names
 
 
-def _describe_expected(expected: set[str] | frozenset[str]) -> str:
+# Listed as "an operator" when several are possible, so a message names what matters.
+_OPERATORS = frozenset({"'!='", "'%'", "'&&'", "'&'", "'*'", "'+'", "'-'", "'/'", "'<'", "'<<'",
+                        "'<='", "'=='", "'>'", "'>='", "'>>'", "'^'", "'|'", "'||'"})
+
+
+def _expected(exc: lark.UnexpectedInput, fallback: set[str] | frozenset[str]) -> set[str]:
+    """The tokens the parser would really accept here (LALR's lookahead sets list more)."""
+    interactive = getattr(exc, "interactive_parser", None)
+    if interactive is not None:
+        try:
+            return set(interactive.accepts())
+        except lark.LarkError:
+            pass
+    return set(fallback)
+
+
+def _describe_expected(expected: set[str]) -> str:
     names = _terminal_names()
-    words = sorted({names.get(t, t) for t in expected})
+    found = {names.get(t, t) for t in expected}
+    if len(found & _OPERATORS) > 3:
+        found = (found - _OPERATORS) | {"an operator"}
+    words = sorted(found, key=lambda w: (w == "an operator", w))
     if len(words) == 1:
         return words[0]
     return ", ".join(words[:-1]) + " or " + words[-1]
@@ -78,17 +97,22 @@ def parse(text: str, filename: str) -> lark.Tree:
             line, column = _end_position(text)
         else:
             line, column = token.line or 1, token.column or 1
-        message = (f"syntax error: expected {_describe_expected(exc.expected)}, "
+        start = token.start_pos or 0
+        if str(token) == ":" and text[max(start - 2, 0):start] == ":=":  # 'rp NAME :=: ...'
+            message = ("syntax error: expected ':=', found ':=:' (an rp is written "
+                       "'rp NAME := ...'; ':=:' belongs to ivp and tp)")
+            raise PolicyError([Diagnostic(filename, line, column - 2, message)]) from None
+        message = (f"syntax error: expected {_describe_expected(_expected(exc, exc.expected))}, "
                    f"found {_describe_token(token)}")
         raise PolicyError([Diagnostic(filename, line, column, message)]) from None
     except lark.UnexpectedCharacters as exc:
         pos = exc.pos_in_stream or 0
         found = repr(text[pos]) if pos < len(text) else "end of file"
-        message = (f"syntax error: expected {_describe_expected(exc.allowed)}, "
+        message = (f"syntax error: expected {_describe_expected(_expected(exc, exc.allowed))}, "
                    f"found the character {found}")
         raise PolicyError([Diagnostic(filename, exc.line, exc.column, message)]) from None
     except lark.UnexpectedEOF as exc:
         line, column = _end_position(text)
-        expected = _describe_expected(set(exc.expected))
+        expected = _describe_expected(_expected(exc, set(exc.expected)))
         message = f"syntax error: expected {expected}, found end of file"
         raise PolicyError([Diagnostic(filename, line, column, message)]) from None

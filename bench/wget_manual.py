@@ -56,12 +56,13 @@ class Crawl:
     files: int
     bytes: int
     wget_status: int
+    apache_cpu: float  # seconds of CPU Apache used during the crawl
+    proxy_cpu: float | None  # the same for the proxy process (None: no proxy)
 
 
 @dataclass
 class Config:
     name: str
-    url: str = ""
     reason: str = ""  # set when not available
     crawls: list[Crawl] = field(default_factory=list)
     attach_seconds: list[float] = field(default_factory=list)
@@ -74,17 +75,33 @@ def _command_exists(package: str, command: str) -> bool:
     return proc.returncode == 0
 
 
-def _crawl(topo: netns.Topology, httpd: apache.Apache, url: str, out: Path) -> Crawl:
+def _cpu(pid: int | None) -> float:
+    """User+system CPU seconds of ``pid`` and its reaped children so far (0 if it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _crawl(topo: netns.Topology, httpd: apache.Apache, target: tuple[str, int | None],
+           out: Path) -> Crawl:
+    url, proxy = target
     shutil.rmtree(out, ignore_errors=True)
     before = _lines(httpd.root / "access.log")
+    cpu_apache, cpu_proxy = _cpu(httpd.pid), _cpu(proxy)
     start = time.perf_counter()
     proc = netns.run_in(topo.client_ns, ["wget", "-r", "-np", "-nH", "-q", "-P", str(out), url],
                         timeout=600, check=False)
     seconds = time.perf_counter() - start
+    cpu_apache, cpu_proxy = _cpu(httpd.pid) - cpu_apache, _cpu(proxy) - cpu_proxy
     files = [p for p in out.rglob("*") if p.is_file()]
     # wget exits 8 for the manual's 404s (links to absent translations): not a failure
     return Crawl(seconds, _lines(httpd.root / "access.log") - before, len(files),
-                 sum(p.stat().st_size for p in files), proc.returncode)
+                 sum(p.stat().st_size for p in files), proc.returncode, cpu_apache,
+                 cpu_proxy if proxy is not None else None)
 
 
 def _lines(path: Path) -> int:
@@ -94,7 +111,7 @@ def _lines(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _haproxy(topo: netns.Topology, workdir: Path) -> Iterator[str]:
+def _haproxy(topo: netns.Topology, workdir: Path) -> Iterator[tuple[str, int | None]]:
     if not shutil.which("haproxy"):
         raise NotAvailable("haproxy is not installed (apt-get install haproxy)")
     cfg = workdir / "haproxy.cfg"
@@ -115,7 +132,7 @@ listen manual
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         netns.wait_listening(topo.client_ns, *listen, proc=proc)
-        yield f"http://{listen[0]}:{listen[1]}/manual/"
+        yield f"http://{listen[0]}:{listen[1]}/manual/", proc.pid  # ip netns exec execs haproxy
     finally:
         proc.terminate()
         try:
@@ -127,14 +144,14 @@ listen manual
 
 @contextlib.contextmanager
 def _vproxy(topo: netns.Topology, port: int, control: Path | None,
-            log: Path) -> Iterator[str]:
+            log: Path) -> Iterator[tuple[str, int | None]]:
     if not _command_exists("vproxy", "serve"):
         raise NotAvailable("`vproxy serve` does not exist yet")
     listen = (topo.gw_client_addr, port)
     with open(log, "ab") as out, netns.gateway(topo, listen=listen,
                                               upstream=(topo.server_addr, APACHE_PORT),
-                                              control=control, log=out):
-        yield f"http://{listen[0]}:{listen[1]}/manual/"
+                                              control=control, log=out) as gw:
+        yield f"http://{listen[0]}:{listen[1]}/manual/", gw.proc.pid
 
 
 @contextlib.contextmanager
@@ -166,7 +183,8 @@ def _healer(pid: int, coverage: str, control: Path, log: Path) -> Iterator[float
                 proc.wait(5)
 
 
-def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache, urls: dict[str, str],
+def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
+           urls: dict[str, tuple[str, int | None]],
            control: Path, work: Path) -> None:
     out = work / "wget"
     if not cfg.name.startswith("vproxy-") or cfg.name == "vproxy-pass":
@@ -192,7 +210,8 @@ def run(names: list[str], rounds: int) -> tuple[list[Config], dict[str, Any]]:
             facts["apache"] = subprocess.run([apache.APACHE2, "-v"], capture_output=True,
                                              text=True).stdout.splitlines()[0]
             control = work / "ctl.sock"
-            urls = {"native": f"http://{topo.server_addr}:{APACHE_PORT}/manual/"}
+            urls: dict[str, tuple[str, int | None]] = {
+                "native": (f"http://{topo.server_addr}:{APACHE_PORT}/manual/", None)}
             starters = {
                 "haproxy-tcp": lambda: _haproxy(topo, work),
                 "vproxy-pass": lambda: _vproxy(topo, PORTS["vproxy-pass"], None,
@@ -250,6 +269,11 @@ def summarize(configs: list[Config], rounds: int, facts: dict[str, Any]) -> dict
             "slowdown": round(med / base, 3) if base else None,
             "complete": ref_files is None or all(x.files == ref_files for x in c.crawls),
         }
+        proxy_cpu = [x.proxy_cpu for x in c.crawls if x.proxy_cpu is not None]
+        entry["apache_cpu_us_per_request"] = round(
+            1e6 * statistics.median(x.apache_cpu for x in c.crawls) / max(requests, 1), 1)
+        entry["proxy_cpu_us_per_request"] = round(
+            1e6 * statistics.median(proxy_cpu) / max(requests, 1), 1) if proxy_cpu else None
         if c.attach_seconds:
             entry["attach_seconds_median"] = round(statistics.median(c.attach_seconds), 3)
         table[c.name] = entry
@@ -260,7 +284,7 @@ def summarize(configs: list[Config], rounds: int, facts: dict[str, Any]) -> dict
 
 def print_table(summary: dict[str, Any]) -> None:
     print(f"{'configuration':<14} {'seconds':>8} {'ms/req':>7} {'slowdown':>9} {'requests':>8} "
-          f"{'MB':>6} {'attach s':>8}")
+          f"{'MB':>6} {'apache µs/req':>13} {'proxy µs/req':>12} {'attach s':>8}")
     for name, e in summary["configs"].items():
         if not e["available"]:
             print(f"{name:<14} not available: {e['reason']}")
@@ -268,8 +292,12 @@ def print_table(summary: dict[str, Any]) -> None:
         slow = f"{100 * (e['slowdown'] - 1):+.1f}%" if e["slowdown"] else "-"
         attach = f"{e['attach_seconds_median']:.2f}" if "attach_seconds_median" in e else "-"
         flag = "" if e["complete"] else "  INCOMPLETE crawl"
+        proxy = "-" if e["proxy_cpu_us_per_request"] is None else \
+            f"{e['proxy_cpu_us_per_request']:.0f}"
         print(f"{name:<14} {e['median_seconds']:>8.3f} {e['ms_per_request']:>7.3f} {slow:>9} "
-              f"{e['requests']:>8} {e['bytes'] / 1e6:>6.1f} {attach:>8}{flag}")
+              f"{e['requests']:>8} {e['bytes'] / 1e6:>6.1f} "
+              f"{e['apache_cpu_us_per_request']:>13.0f} {proxy:>12} "
+              f"{attach:>8}{flag}")
     print(f"paper: {summary['paper']}")
 
 

@@ -284,7 +284,11 @@ class _Compiler:
             raise _Invalid
         kind = node.data
         if kind == "number":
-            return _k(int(str(node.children[0]), 0))
+            digits = str(node.children[0])
+            if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xX":
+                self.error(node, f"{digits} would be octal in C: write decimal or 0x hexadecimal")
+                raise _Invalid
+            return _k(int(digits, 0))
         if kind == "name":
             return self.name(_token(node.children[0]), constant_only=constant_only)
         if constant_only and kind in ("special", "address_of", "memory"):

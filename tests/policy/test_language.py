@@ -159,6 +159,8 @@ DIAGNOSTICS = [
     ("symval A = x;", False, "p.pol:1:12: error: expected a constant, found x (symvals must be "
                              "defined before they are used)"),
     ("ivp M :=: (1 / 0);", False, "p.pol:1:12: error: division by zero in '1 / 0'"),
+    ("ivp M :=: (010);", False,
+     "p.pol:1:12: error: 010 would be octal in C: write decimal or 0x hexadecimal"),
     ("symval A = 1;\nsymval A = 2;", False,
      "p.pol:2:8: error: A is already defined (as symval at line 1); choose another name"),
     ("ivp M :=: (1); rp R := (rollback); tp f &R :=: &M;", False,

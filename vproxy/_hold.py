@@ -1,0 +1,202 @@
+"""Held output and kept input of one connection (sans-IO: no sockets, no clock of its own).
+
+``OutHold`` keeps the protected server's output from the first byte that is not yet releasable. The
+control session marks stream ranges as owned by a transaction (HELD), released (committed root,
+GRADUAL) or discarded (aborted); output owned by nobody is released by the ``RELEASE`` watermark.
+``pump`` walks forward from the oldest held byte and returns what may go to the peer, in stream
+order: a held range blocks everything after it, so a late event never reorders the stream.
+
+``InKeep`` keeps a copy of the input the gateway delivered to the server, indexed by the server's
+input offsets, so an aborted transaction's input can be sent again.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Literal
+
+HELD: Final = 0
+RELEASED: Final = 1
+DISCARDED: Final = 2
+
+INFINITY: Final = 1 << 62
+
+
+class OutRange:
+    """Output bytes ``[start, end)`` of one transaction; ``state``: HELD/RELEASED/DISCARDED."""
+
+    __slots__ = ("end", "start", "state")
+
+    def __init__(self, start: int, end: int, state: int = HELD) -> None:
+        self.start = start
+        self.end = end
+        self.state = state
+
+    def __lt__(self, other: OutRange) -> bool:
+        return self.start < other.start
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """At stream ``offset`` an aborted transaction's output is replaced or the link closed."""
+
+    offset: int
+    action: Literal["replace", "close"]
+    reason: str
+
+
+class OutHold:
+    """The server's output on one connection from ``base`` (oldest byte not yet sent or dropped).
+
+    Args:
+        base: stream offset of the next byte fed (bytes before it went out unheld).
+    """
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.buf = bytearray()
+        self.ranges: list[OutRange] = []
+        self.marks: list[Mark] = []
+        self.release_wm = base
+        self._arrivals: deque[tuple[int, float]] = deque()
+
+    @property
+    def end(self) -> int:
+        """Stream offset just past the last byte received from the server."""
+        return self.base + len(self.buf)
+
+    @property
+    def held_since(self) -> float | None:
+        """Arrival time of the oldest byte still held, None when nothing is held."""
+        return self._arrivals[0][1] if self._arrivals else None
+
+    def feed(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Append bytes the server wrote, received at time ``now``."""
+        self.buf += data
+        self._arrivals.append((self.end, now))
+
+    def add_range(self, rng: OutRange) -> None:
+        """Register a transaction's output range (any order, before or after its bytes arrive)."""
+        if rng.end > self.base:
+            bisect.insort(self.ranges, rng)
+
+    def add_mark(self, mark: Mark) -> None:
+        """Register a replacement/close point, kept in stream order."""
+        bisect.insort(self.marks, mark, key=lambda m: m.offset)
+
+    def pending(self) -> bool:
+        """True when bytes, ranges or marks are still waiting."""
+        return bool(self.buf or self.marks or any(r.state == HELD for r in self.ranges))
+
+    def pump(self, now: float, hold_times: list[float]) -> tuple[list[bytes | Mark], int, int]:
+        """Resolve what can be resolved from ``base`` on.
+
+        Args:
+            now: current time (for hold durations).
+            hold_times: receives, per resolved chunk, how long it was held (seconds).
+
+        Returns:
+            (items to deliver in order: bytes to send or a Mark to act on, bytes released, bytes
+            discarded).
+        """
+        out: list[bytes | Mark] = []
+        pos, end, base = self.base, self.end, self.base
+        ranges, marks = self.ranges, self.marks
+        released = discarded = 0
+        send = bytearray()
+        j = 0
+        while True:
+            while marks and marks[0].offset <= pos:
+                if send:
+                    out.append(bytes(send))
+                    send.clear()
+                out.append(marks.pop(0))
+            if pos >= end:
+                break
+            while j < len(ranges) and ranges[j].end <= pos:
+                j += 1
+            if j < len(ranges) and ranges[j].start <= pos:
+                rng = ranges[j]
+                if rng.state == HELD:
+                    break
+                stop, state = min(rng.end, end), rng.state
+            else:
+                nxt = ranges[j].start if j < len(ranges) else INFINITY
+                stop, state = min(nxt, self.release_wm, end), RELEASED
+                if stop <= pos:
+                    break
+            if marks and marks[0].offset < stop:
+                stop = marks[0].offset
+            if state == RELEASED:
+                send += self.buf[pos - base: stop - base]
+                released += stop - pos
+            else:
+                discarded += stop - pos
+            pos = stop
+        if send:
+            out.append(bytes(send))
+        if pos > base:
+            self._advance(pos, now, hold_times)
+        return out, released, discarded
+
+    def force(self, now: float, hold_times: list[float], *, release: bool) -> int:
+        """Resolve every byte received so far regardless of ranges (a bound fired).
+
+        Returns:
+            the number of bytes resolved; the caller sends ``bytes(buf)`` first when releasing.
+        """
+        n = len(self.buf)
+        self.release_wm = max(self.release_wm, self.end)
+        for rng in self.ranges:
+            if rng.start < self.end and rng.state == HELD:
+                rng.state = RELEASED if release else DISCARDED
+        self._advance(self.end, now, hold_times)
+        return n
+
+    def _advance(self, pos: int, now: float, hold_times: list[float]) -> None:
+        del self.buf[: pos - self.base]
+        self.base = pos
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][0] <= pos:
+            hold_times.append(now - arrivals.popleft()[1])
+        if arrivals and not self.buf:
+            arrivals.clear()
+        while self.ranges and self.ranges[0].end <= pos:
+            self.ranges.pop(0)
+
+
+class InKeep:
+    """A copy of the input delivered to the server from offset ``base``, at most ``cap`` bytes."""
+
+    def __init__(self, base: int, cap: int) -> None:
+        self.base = base
+        self.buf = bytearray()
+        self.cap = cap
+        self.trimmed_for_cap = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Record bytes just delivered to the server; the oldest go once ``cap`` is exceeded."""
+        self.buf += data
+        over = len(self.buf) - self.cap
+        if over > 0:
+            self.trimmed_for_cap += over
+            self.trim(self.base + over)
+
+    def trim(self, upto: int) -> None:
+        """Forget input below ``upto`` (a committed transaction consumed it)."""
+        upto = min(upto, self.end)
+        if upto > self.base:
+            del self.buf[: upto - self.base]
+            self.base = upto
+
+    def get(self, start: int, end: int) -> bytes | None:
+        """The kept bytes ``[start, end)``, or None when part of them is no longer kept."""
+        if start < self.base or end > self.end:
+            return None
+        return bytes(self.buf[start - self.base: end - self.base])

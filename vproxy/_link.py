@@ -1,0 +1,344 @@
+"""One relayed TCP connection: the two sockets, the two directions, and the server output it holds.
+
+Directions are named from the protected server's point of view. On a front route the server is the
+upstream, so its output is what the gateway reads from the upstream socket; on a back route the
+server is the client that connected to the gateway. Input (towards the server) is always forwarded
+at once: the server must read it to make progress. Output goes straight through until the gateway
+is guarded; from then on it enters an ``OutHold`` and a writer task sends what the control events
+release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from protocols.control import Endpoint
+from vproxy import _sockio
+from vproxy._config import Route
+from vproxy._hold import INFINITY, InKeep, Mark, OutHold
+from vproxy._replace import Replacer
+
+if TYPE_CHECKING:
+    from vproxy._gateway import Gateway
+
+_CHUNK = 65536
+
+
+def endpoint(addr: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
+    """A socket address as the control protocol names it (IPv4-mapped IPv6 shown as IPv4)."""
+    host = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return Endpoint(host, addr[1])
+
+
+class Link:
+    """A client connection accepted on ``route`` and the upstream connection dialled for it.
+
+    Args:
+        gateway: owner of the counters, the guard state and the link registry.
+        route: the route the client came in on.
+        client: the accepted socket (non-blocking).
+        number: a per-gateway connection number for the log.
+    """
+
+    def __init__(self, gateway: Gateway, route: Route, client: socket.socket, number: int) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.client = client
+        self.upstream: socket.socket | None = None
+        self.log = structlog.get_logger("vproxy.link").bind(
+            conn=number, route=str(route.listen), client=str(endpoint(client.getpeername())))
+        self.hold: OutHold | None = None
+        self.keep: InKeep | None = None
+        self.key: tuple[Endpoint, Endpoint] | None = None
+        self.out_offset = 0  # server output bytes received
+        self.in_offset = 0  # bytes delivered to the server (its input offsets, replays included)
+        self.replays_left = gateway.config.replay_budget
+        self.replacer = Replacer(route.protocol, gateway.config.http_status)
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+        self._server_eof = False
+        self._to_server_lock = trio.Lock()
+        self._to_peer_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Dial the upstream and relay until both directions ended or a policy closed the link."""
+        try:
+            await self._run()
+        finally:
+            self.close_sockets()
+
+    async def _run(self) -> None:
+        route, stats = self.route, self.gateway.stats
+        family = socket.AF_INET6 if ":" in route.upstream.host else socket.AF_INET
+        try:
+            self.upstream = await _sockio.connect((route.upstream.host, route.upstream.port),
+                                                  family)
+        except OSError as exc:
+            stats.upstream_failures += 1
+            self.log.warning("upstream unreachable", upstream=str(route.upstream),
+                             cause=exc.strerror or str(exc))
+            if route.side == "front":
+                await self._send_quietly(self.client, self.replacer.unreachable())
+            return
+        if route.side == "front":
+            server, peer = self.upstream, self.client
+        else:
+            server, peer = self.client, self.upstream
+        # The server's own (LOCAL, PEER) is the reverse of what our socket towards it sees.
+        self.key = (endpoint(server.getpeername()), endpoint(server.getsockname()))
+        self.gateway.register(self)
+        self.log.debug("relaying", upstream=str(route.upstream))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._input, peer, server)
+                nursery.start_soon(self._output, server, peer)
+                nursery.start_soon(self._writer, peer)
+        except* OSError as group:
+            exc = group.exceptions[0]
+            self.log.info("connection reset", cause=getattr(exc, "strerror", None) or str(exc))
+        finally:
+            self.gateway.unregister(self)
+
+    def close_sockets(self) -> None:
+        for sock in (self.client, self.upstream):
+            if sock is not None and sock.fileno() >= 0:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+
+    async def _send_quietly(self, sock: socket.socket, data: bytes) -> None:
+        if data:
+            with contextlib.suppress(OSError):
+                await _sockio.send_all(sock, data)
+
+    # --- input: towards the server -------------------------------------------------------------
+
+    async def _input(self, src: socket.socket, server: socket.socket) -> None:
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        fair = _sockio.Yielder()
+        stats = self.gateway.stats
+        lock = self._to_server_lock
+        while True:
+            n = await _sockio.recv_into(src, buf, fair)
+            if not n:
+                break
+            chunk = view[:n]
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
+                await _sockio.send_all(server, chunk)
+            finally:
+                lock.release()
+            self._delivered(chunk)
+            stats.bytes_passed += n
+        _sockio.shutdown_write(server)
+
+    def _delivered(self, chunk: bytes | memoryview) -> None:
+        if self.keep is None and self.gateway.guarded:
+            self.keep = InKeep(self.in_offset, self.gateway.config.hold_bytes)
+        if self.keep is not None:
+            self.keep.feed(chunk)
+        self.in_offset += len(chunk)
+
+    def input_committed(self, upto: int) -> None:
+        """A committed root transaction read input up to ``upto``: that copy is no longer needed."""
+        if self.keep is not None:
+            self.keep.trim(upto)
+
+    async def _replay(self, data: bytes) -> None:
+        async with self._to_server_lock:
+            assert self.upstream is not None
+            server = self.upstream if self.route.side == "front" else self.client
+            await _sockio.send_all(server, data)
+            self._delivered(data)
+        self.gateway.stats.bytes_replayed += len(data)
+
+    # --- output: from the server ---------------------------------------------------------------
+
+    async def _output(self, server: socket.socket, peer: socket.socket) -> None:
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        fair = _sockio.Yielder()
+        gateway = self.gateway
+        stats = gateway.stats
+        lock = self._to_peer_lock
+        limit = gateway.config.hold_bytes
+        while True:
+            n = await _sockio.recv_into(server, buf, fair)
+            if not n:
+                break
+            hold = self.hold
+            if hold is None and not gateway.guarded:
+                self.out_offset += n
+                try:
+                    lock.acquire_nowait()
+                except trio.WouldBlock:
+                    await lock.acquire()
+                try:
+                    await _sockio.send_all(peer, view[:n])
+                finally:
+                    lock.release()
+                stats.bytes_passed += n
+                continue
+            if hold is None:
+                hold = self.holding()
+            hold.feed(view[:n], time.monotonic())
+            self.out_offset += n
+            stats.bytes_held += n
+            self._wake.set()
+            while len(hold.buf) > limit and self.hold is hold:
+                self._drained = trio.Event()
+                await self._drained.wait()
+        self._server_eof = True
+        self._wake.set()
+
+    def holding(self) -> OutHold:
+        """The link's hold, created at the current output offset the first time it is needed."""
+        if self.hold is None:
+            self.hold = OutHold(self.out_offset)
+            self.replacer.restart()
+            if not self.gateway.guarded:
+                self.hold.release_wm = INFINITY
+        return self.hold
+
+    def kick(self) -> None:
+        """Control events changed what is releasable: let the writer pump."""
+        self._wake.set()
+
+    def unguarded(self) -> None:
+        """The last guard left: output owned by no open transaction goes out."""
+        if self.hold is not None:
+            self.hold.release_wm = INFINITY
+            self._wake.set()
+
+    def aborted(self, offset: int | None, reason: str, inputs: list[tuple[int, int]]) -> None:
+        """A transaction that wrote (from ``offset``) or read on this link was rolled back.
+
+        Args:
+            offset: first output offset it wrote, or None when it only read.
+            reason: the abort reason (logged, and carried by the replacement).
+            inputs: its input ranges, replayed or dropped per ``on_rollback_input``.
+        """
+        config = self.gateway.config
+        hold = self.holding()
+        if config.on_abort != "drop":
+            at = hold.end if offset is None else offset
+            hold.add_mark(Mark(at, "close" if config.on_abort == "close" else "replace", reason))
+        if inputs and config.on_rollback_input == "replay":
+            self._replay_inputs(inputs, reason)
+        elif inputs:
+            self.log.info("aborted input dropped", reason=reason,
+                          bytes=sum(e - s for s, e in inputs))
+        self._wake.set()
+
+    def _replay_inputs(self, inputs: list[tuple[int, int]], reason: str) -> None:
+        pieces = [self.keep.get(s, e) if self.keep is not None else None for s, e in inputs]
+        if self.replays_left <= 0 or any(p is None for p in pieces):
+            why = "retry budget spent" if self.replays_left <= 0 else "input no longer kept"
+            self.log.warning("aborted input not replayed", reason=reason, why=why,
+                             bytes=sum(e - s for s, e in inputs))
+            return
+        self.replays_left -= 1
+        data = b"".join(p for p in pieces if p is not None)
+        self.log.info("replaying aborted input", reason=reason, bytes=len(data),
+                      budget_left=self.replays_left)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._replay, data)
+
+    # --- writer: held output to the peer -------------------------------------------------------
+
+    async def _writer(self, peer: socket.socket) -> None:
+        gateway = self.gateway
+        config, stats = gateway.config, gateway.stats
+        while True:
+            hold = self.hold
+            deadline = INFINITY if hold is None or hold.held_since is None \
+                else hold.held_since + config.hold_ms / 1000
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            hold = self.hold
+            if hold is not None:
+                now = time.monotonic()
+                items, released, discarded = hold.pump(now, stats.hold_times)
+                stats.bytes_released += released
+                stats.bytes_discarded += discarded
+                if items:
+                    await self._deliver(peer, items)
+                if hold.buf and (len(hold.buf) > config.hold_bytes or
+                                 now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
+                    await self._bound(peer, hold, now)
+                stats.trim()
+                self._drained.set()
+                if not gateway.guarded and not hold.pending():
+                    self.hold = None
+            if self._server_eof and (self.hold is None or not self.hold.pending()):
+                _sockio.shutdown_write(peer)
+                return
+
+    async def _deliver(self, peer: socket.socket, items: list[bytes | Mark]) -> None:
+        async with self._to_peer_lock:
+            for item in items:
+                if isinstance(item, Mark):
+                    if not await self._act(peer, item):
+                        return
+                else:
+                    self.replacer.released(item)
+                    await _sockio.send_all(peer, item)
+
+    async def _act(self, peer: socket.socket, mark: Mark) -> bool:
+        """Replace or close at ``mark``; returns False when the link was closed."""
+        if mark.action == "replace":
+            data = self.replacer.replacement(mark.reason)
+            if data is not None:
+                self.gateway.stats.replacements += 1
+                self.log.info("aborted output replaced", reason=mark.reason, at=mark.offset)
+                await _sockio.send_all(peer, data)
+                if not self.replacer.closes_after:
+                    return True
+            else:
+                self.log.info("aborted output mid-message or not replaceable: closing",
+                              reason=mark.reason, at=mark.offset, protocol=self.route.protocol)
+        else:
+            self.log.info("aborted output: closing", reason=mark.reason, at=mark.offset)
+        self._close(peer)
+        return False
+
+    def _close(self, peer: socket.socket) -> None:
+        """End the link now: the peer reads EOF after what was already released, nothing more."""
+        _sockio.shutdown_write(peer)
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    async def _bound(self, peer: socket.socket, hold: OutHold, now: float) -> None:
+        config, stats = self.gateway.config, self.gateway.stats
+        stats.bounds_fired += 1
+        why = "hold-bytes" if len(hold.buf) > config.hold_bytes else "hold-ms"
+        self.log.warning("hold bound reached", bound=why, policy=config.on_bound,
+                         start=hold.base, end=hold.end, held_bytes=len(hold.buf),
+                         held_ms=round((now - (hold.held_since or now)) * 1000, 1),
+                         hold_bytes=config.hold_bytes, hold_ms=config.hold_ms)
+        if config.on_bound == "close":
+            self._close(peer)
+            return
+        data = bytes(hold.buf)
+        resolved = hold.force(now, stats.hold_times, release=config.on_bound == "release")
+        if config.on_bound == "release":
+            stats.bytes_released += resolved
+            await self._deliver(peer, [data])
+        else:
+            stats.bytes_discarded += resolved

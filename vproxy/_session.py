@@ -1,0 +1,325 @@
+"""One control connection's view of the commit protocol (sans-IO: bytes in, answer bytes out).
+
+Each control connection (one per agent process) scopes its own ``cid`` and ``tx`` numbers. A
+``CONN`` whose 4-tuple the gateway does not know yet (the server accepted before the gateway
+registered its socket) is kept waiting with the events that name it; they apply when the link
+appears.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from protocols import control as c
+from vproxy._hold import DISCARDED, HELD, RELEASED, OutRange
+
+if TYPE_CHECKING:
+    from vproxy._gateway import Gateway
+    from vproxy._link import Link
+
+Key = tuple[c.Endpoint, c.Endpoint]
+
+_MAX_WAITING: Final = 4096
+log = structlog.get_logger("vproxy.control")
+
+OPEN: Final = "open"
+
+
+class _Tx:
+    __slots__ = ("children", "id", "ins", "out", "parent", "state")
+
+    def __init__(self, tx_id: int, parent: _Tx | None) -> None:
+        self.id = tx_id
+        self.parent = parent
+        self.children: list[_Tx] = []
+        self.out: list[tuple[Link, OutRange]] = []
+        self.ins: list[tuple[Link, int, int]] = []
+        self.state = OPEN  # or "committed", "merged", "aborted"
+
+    def effective(self) -> _Tx:
+        tx = self
+        while tx.state == "merged" and tx.parent is not None:
+            tx = tx.parent
+        return tx
+
+
+class _Binding:
+    __slots__ = ("key", "link", "waiting")
+
+    def __init__(self, key: Key, link: Link | None) -> None:
+        self.key = key
+        self.link = link
+        self.waiting: list[tuple[_Tx | None, c.Message]] = []
+
+
+class ControlSession:
+    """Applies one control connection's messages to the gateway.
+
+    Args:
+        gateway: the gateway whose links and counters the messages act on.
+        token: the pairing token a HELLO must carry.
+
+    Error handling:
+        Every refused line yields an ``ERR code text`` answer; the session goes on unless the line
+        was a bad HELLO (``closed`` becomes True: the caller drops the connection).
+    """
+
+    def __init__(self, gateway: Gateway, token: str) -> None:
+        self.gateway = gateway
+        self._token = token
+        self._reader = c.ControlReader()
+        self.hello: c.Hello | None = None
+        self.closed = False
+        self.guarding = False
+        self._txs: dict[int, _Tx] = {}
+        self._cids: dict[int, _Binding] = {}
+        self._handlers: dict[type, Callable[[c.Message], bytes]] = {
+            c.Guard: self._guard, c.Unguard: self._unguard, c.Conn: self._conn,
+            c.Begin: self._begin, c.Io: self._io, c.Commit: self._commit, c.Abort: self._abort,
+            c.Gradual: self._gradual, c.Release: self._release, c.Close: self._close,
+            c.Ping: self._ping, c.Stats: self._stats,
+        }
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes from the control socket (``b""`` at EOF); returns the answer bytes to send."""
+        self._reader.receive_data(data)
+        answer = bytearray()
+        while not self.closed:
+            msg = self._reader.next_event()
+            if msg is c.NEED_DATA:
+                break
+            answer += self._handle(msg)  # type: ignore[arg-type]
+        return bytes(answer)
+
+    def _handle(self, msg: c.Message | c.Malformed) -> bytes:
+        if isinstance(msg, c.Malformed):
+            log.warning("control line refused", reason=msg.error.reason, line=msg.error.line)
+            return c.encode(c.Err("malformed", f"{msg.error.reason}; see docs/control-protocol.md"))
+        if self.hello is None:
+            return self._first(msg)
+        if self.hello.role == "admin" and not isinstance(msg, c.Ping | c.Stats):
+            return self._err("not-allowed", f"an admin connection may only send PING and STATS, "
+                                            f"not {type(msg).__name__.upper()}")
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            return self._err("malformed", f"{type(msg).__name__.upper()} is a gateway answer, "
+                                          "not a request")
+        return handler(msg)
+
+    def _err(self, code: str, text: str) -> bytes:
+        log.warning("control line refused", code=code, text=text)
+        return c.encode(c.Err(code, text))
+
+    def _first(self, msg: c.Message) -> bytes:
+        self.closed = True
+        if not isinstance(msg, c.Hello):
+            return self._err("not-hello", "the first line must be HELLO 1 ROLE PID TOKEN")
+        if msg.version != c.VERSION:
+            return self._err("bad-version", f"this gateway speaks sead-control/{c.VERSION}, "
+                                            f"not {msg.version}; upgrade the healer or the gateway")
+        if not hmac.compare_digest(msg.token.encode(), self._token.encode()):
+            return self._err("bad-token", "token does not match the gateway's; read it from "
+                                          "CONTROL_PATH.token of the running gateway")
+        self.closed = False
+        self.hello = msg
+        log.info("controller paired", role=msg.role, pid=msg.pid)
+        return c.encode(c.Ok(f"sead-control/{c.VERSION}"))
+
+    # --- guard ---------------------------------------------------------------------------------
+
+    def _guard(self, msg: c.Message) -> bytes:
+        self.guarding = True
+        self.gateway.set_guard(self, True)
+        return b""
+
+    def _unguard(self, msg: c.Message) -> bytes:
+        self.guarding = False
+        self.gateway.set_guard(self, False)
+        return b""
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _conn(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Conn)
+        key = (msg.local, msg.peer)
+        binding = _Binding(key, self.gateway.lookup(key))
+        self._cids[msg.cid] = binding
+        if binding.link is None:
+            self.gateway.wait_for_link(key, self)
+        return b""
+
+    def link_ready(self, key: Key, link: Link) -> None:
+        """The link a waiting ``CONN`` named is registered now: apply the events kept for it."""
+        for binding in self._cids.values():
+            if binding.link is None and binding.key == key:
+                binding.link = link
+                for tx, msg in binding.waiting:
+                    self._apply(binding, tx, msg)
+                binding.waiting.clear()
+
+    def _binding(self, cid: int) -> _Binding | None:
+        return self._cids.get(cid)
+
+    def _close(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Close)
+        if self._cids.pop(msg.cid, None) is None:
+            return self._err("unknown-cid", f"CLOSE {msg.cid}: no CONN announced cid {msg.cid}")
+        return b""
+
+    # --- transactions --------------------------------------------------------------------------
+
+    def _begin(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Begin)
+        parent = None
+        if msg.parent is not None:
+            parent = self._txs.get(msg.parent)
+            if parent is None:
+                return self._err("unknown-tx", f"BEGIN {msg.tx} {msg.parent}: parent is not open")
+        tx = _Tx(msg.tx, parent)
+        if parent is not None:
+            parent.children.append(tx)
+        self._txs[msg.tx] = tx
+        return b""
+
+    def _io(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Io)
+        tx = self._txs.get(msg.tx)
+        if tx is None:
+            return self._err("unknown-tx", f"IO for tx {msg.tx} which is not open")
+        binding = self._binding(msg.cid)
+        if binding is None:
+            return self._err("unknown-cid", f"IO on cid {msg.cid}: send CONN {msg.cid} first")
+        return self._apply(binding, tx, msg)
+
+    def _apply(self, binding: _Binding, tx: _Tx | None, msg: c.Message) -> bytes:
+        link = binding.link
+        if link is None:
+            if len(binding.waiting) >= _MAX_WAITING:
+                return self._err("unknown-conn", f"{binding.key[0]} {binding.key[1]} matches no "
+                                                 "gateway connection; its events are dropped")
+            binding.waiting.append((tx, msg))
+            return b""
+        match msg:
+            case c.Io(_, _, "out", start, end) if tx is not None:
+                owner = tx.effective()
+                state = {OPEN: HELD, "committed": RELEASED, "aborted": DISCARDED}[owner.state]
+                rng = OutRange(start, end, state)
+                owner.out.append((link, rng))
+                link.holding().add_range(rng)
+                link.kick()
+            case c.Io(_, _, "in", start, end) if tx is not None:
+                tx.effective().ins.append((link, start, end))
+            case c.Gradual() if tx is not None:
+                t: _Tx | None = tx
+                while t is not None:
+                    for lk, rng in t.out:
+                        if lk is link and rng.state == HELD:
+                            rng.state = RELEASED
+                    t = t.parent
+                link.kick()
+            case c.Release(_, upto):
+                hold = link.holding()
+                hold.release_wm = max(hold.release_wm, upto)
+                link.kick()
+        return b""
+
+    def _commit(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Commit)
+        tx = self._txs.pop(msg.tx, None)
+        if tx is None:
+            return self._err("unknown-tx", f"COMMIT {msg.tx}: no such open transaction")
+        if tx.parent is not None and tx.parent.state == OPEN:
+            tx.state = "merged"
+            tx.parent.out += tx.out
+            tx.parent.ins += tx.ins
+            tx.parent.children.remove(tx)
+            return b""
+        tx.state = "committed"
+        self.gateway.stats.committed += 1
+        links = set()
+        for link, rng in tx.out:
+            if rng.state == HELD:
+                rng.state = RELEASED
+            links.add(link)
+        consumed: dict[Link, int] = {}
+        for link, _, end in tx.ins:
+            consumed[link] = max(consumed.get(link, 0), end)
+        for link, end in consumed.items():
+            link.input_committed(end)
+        for link in links:
+            link.kick()
+        return b""
+
+    def _abort(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Abort)
+        tx = self._txs.get(msg.tx)
+        if tx is None:
+            return self._err("unknown-tx", f"ABORT {msg.tx}: no such open transaction")
+        self._abort_tree(tx, msg.reason)
+        return b""
+
+    def _abort_tree(self, tx: _Tx, reason: str) -> None:
+        doomed, stack = [], [tx]
+        while stack:
+            t = stack.pop()
+            doomed.append(t)
+            stack += t.children
+        first_out: dict[Link, int | None] = {}
+        inputs: dict[Link, list[tuple[int, int]]] = {}
+        for t in doomed:
+            t.state = "aborted"
+            self._txs.pop(t.id, None)
+            for link, rng in t.out:
+                rng.state = DISCARDED
+                prev = first_out.get(link)
+                first_out[link] = rng.start if prev is None else min(prev, rng.start)
+            for link, start, end in t.ins:
+                inputs.setdefault(link, []).append((start, end))
+                first_out.setdefault(link, None)
+        if tx.parent is not None and tx in tx.parent.children:
+            tx.parent.children.remove(tx)
+        self.gateway.stats.aborted += 1
+        log.info("transaction aborted", tx=tx.id, reason=reason, links=len(first_out))
+        for link, offset in first_out.items():
+            link.aborted(offset, reason, sorted(inputs.get(link, [])))
+
+    def _gradual(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Gradual)
+        tx = self._txs.get(msg.tx)
+        if tx is None:
+            return self._err("unknown-tx", f"GRADUAL {msg.tx}: no such open transaction")
+        binding = self._binding(msg.cid)
+        if binding is None:
+            return self._err("unknown-cid", f"GRADUAL on cid {msg.cid}: send CONN first")
+        return self._apply(binding, tx, msg)
+
+    def _release(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Release)
+        binding = self._binding(msg.cid)
+        if binding is None:
+            return self._err("unknown-cid", f"RELEASE on cid {msg.cid}: send CONN first")
+        return self._apply(binding, None, msg)
+
+    # --- probes --------------------------------------------------------------------------------
+
+    def _ping(self, msg: c.Message) -> bytes:
+        assert isinstance(msg, c.Ping)
+        return c.encode(c.Pong(msg.n))
+
+    def _stats(self, msg: c.Message) -> bytes:
+        return c.encode(c.StatsReply(self.gateway.stats.to_json()))
+
+    # --- end -----------------------------------------------------------------------------------
+
+    def lost(self) -> None:
+        """The control connection closed: open transactions abort (``agent-lost``), guard stays."""
+        for tx in [t for t in self._txs.values() if t.parent is None]:
+            self._abort_tree(tx, "agent-lost")
+        self._txs.clear()
+        self.gateway.forget_session(self)

@@ -12,7 +12,9 @@
  *
  * The helper functions return values that encode success or error differently (1/0, length/-1,
  * index/-1, command code/-1), so that malformed input drives them to their error values: the
- * "failure dynamics" SEV learns. Each is noinline and exported (-rdynamic) so it can be hooked.
+ * "failure dynamics" SEV learns. Each is exported (-rdynamic) and noipa: not inlined, and callers
+ * make no assumption about which registers it clobbers (gcc -O2 -fipa-ra would, and a replacement
+ * written in JavaScript clobbers them all).
  * No function checks a value it gets from another: a wrong virtualized value shows up outside.
  */
 #include <arpa/inet.h>
@@ -33,7 +35,7 @@ enum { CMD_SET = 1, CMD_GET, CMD_DEL, CMD_COUNT, CMD_RESET };
 struct slot { char key[KEYMAX + 1]; char val[VALMAX + 1]; int used; };
 static struct slot table[NSLOTS];
 
-__attribute__((noinline)) int parse_command(const char *word) {
+__attribute__((noipa)) int parse_command(const char *word) {
   if (strcmp(word, "SET") == 0) return CMD_SET;
   if (strcmp(word, "GET") == 0) return CMD_GET;
   if (strcmp(word, "DEL") == 0) return CMD_DEL;
@@ -42,13 +44,13 @@ __attribute__((noinline)) int parse_command(const char *word) {
   return -1;
 }
 
-__attribute__((noinline)) int count_tokens(char **tok, int max) {
+__attribute__((noipa)) int count_tokens(char **tok, int max) {
   int n = 0;
   while (n < max && tok[n] != NULL) n++;
   return n;
 }
 
-__attribute__((noinline)) int key_valid(const char *key) {
+__attribute__((noipa)) int key_valid(const char *key) {
   size_t n = strlen(key);
   if (n == 0 || n > KEYMAX) return 0;
   for (size_t i = 0; i < n; i++)
@@ -56,7 +58,7 @@ __attribute__((noinline)) int key_valid(const char *key) {
   return 1;
 }
 
-__attribute__((noinline)) int value_len(const char *v) {
+__attribute__((noipa)) int value_len(const char *v) {
   size_t n = strlen(v);
   if (n == 0 || n > VALMAX) return -1;
   for (size_t i = 0; i < n; i++)
@@ -64,19 +66,19 @@ __attribute__((noinline)) int value_len(const char *v) {
   return (int)n;
 }
 
-__attribute__((noinline)) int find_slot(const char *key) {
+__attribute__((noipa)) int find_slot(const char *key) {
   for (int i = 0; i < NSLOTS; i++)
     if (table[i].used && strcmp(table[i].key, key) == 0) return i;
   return -1;
 }
 
-__attribute__((noinline)) int alloc_slot(void) {
+__attribute__((noipa)) int alloc_slot(void) {
   for (int i = 0; i < NSLOTS; i++)
     if (!table[i].used) return i;
   return -1;
 }
 
-__attribute__((noinline)) int store_value(int slot, const char *key, const char *val, int len) {
+__attribute__((noipa)) int store_value(int slot, const char *key, const char *val, int len) {
   memcpy(table[slot].val, val, (size_t)len);
   table[slot].val[len] = '\0';
   snprintf(table[slot].key, sizeof table[slot].key, "%s", key);
@@ -84,18 +86,18 @@ __attribute__((noinline)) int store_value(int slot, const char *key, const char 
   return 0;
 }
 
-__attribute__((noinline)) int remove_slot(int slot) {
+__attribute__((noipa)) int remove_slot(int slot) {
   table[slot].used = 0;
   return 0;
 }
 
-__attribute__((noinline)) int count_used(void) {
+__attribute__((noipa)) int count_used(void) {
   int n = 0;
   for (int i = 0; i < NSLOTS; i++) n += table[i].used != 0;
   return n;
 }
 
-__attribute__((noinline)) int send_reply(int fd, const char *msg) {
+__attribute__((noipa)) int send_reply(int fd, const char *msg) {
   char buf[96];
   int n = snprintf(buf, sizeof buf, "%s\n", msg);
   return (int)write(fd, buf, (size_t)n);
@@ -132,7 +134,7 @@ static int handle_del(int fd, char **tok, int ntok) {
   return send_reply(fd, "DELETED");
 }
 
-__attribute__((noinline)) int handle_line(int fd, char *line) {
+__attribute__((noipa)) int handle_line(int fd, char *line) {
   char *tok[5] = {0};
   char *save = NULL;
   char buf[32];

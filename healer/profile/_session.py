@@ -181,7 +181,7 @@ class ProfileSession:
             elif kind == "profile:post":
                 self.posts.append(payload)
                 if not payload["ok"]:
-                    log.warning("heal left the process off-profile", function=payload["function"],
+                    log.info("heal left the process off-profile", function=payload["function"],
                                 value=payload["value"], taint_depth=payload["taintDepth"],
                                 evidence=payload["offProfile"])
 

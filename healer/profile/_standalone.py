@@ -59,7 +59,9 @@ EPILOGUE = r"""
 
   function replace(fn) {
     const sig = ['int64', 'int64', 'int64', 'int64', 'int64', 'int64'];
-    const orig = new NativeFunction(fn.address, 'int64', sig);
+    // a fault inside the original must crash the process as it would without us, not become a
+    // JavaScript exception in this callback
+    const orig = new NativeFunction(fn.address, 'int64', sig, { exceptions: 'propagate' });
     Interceptor.replace(fn.address, new NativeCallback(function (a0, a1, a2, a3, a4, a5) {
       const tid = this.threadId;
       const args = [a0, a1, a2, a3, a4, a5].map((x) => ptr(x.toString()));
@@ -114,7 +116,7 @@ EPILOGUE = r"""
         .map((e) => e.name);
     },
     inject(name, nth) {
-      armed.set(name, nth);
+      if (nth > 0) armed.set(name, nth); else armed.delete(name);
     },
     setFixed(value) {
       Sead.config.fixedValue = value;

@@ -1,0 +1,202 @@
+"""Smart Error Virtualization on a real server: correctness after injected failures, prediction
+accuracy, and profiling overhead, measured side by side in one run.
+
+1. Train: targets/kv_server.c under `healer profile` recording (normal and malformed requests).
+2. Predict: return-value prediction accuracy from the execution window (width 1, 3, 5, 15) on a
+   held-out run (the predictability work behind SEV reports 97% at width 15).
+3. Correctness: for every hooked function and each of its first calls in a fixed request sequence,
+   fail that call (fault injection) and heal it with SEV (each scheduling strategy) or with a fixed
+   value (vanilla error virtualization: 0 and -1). A trial is on the SEV paper's scale level 3 when
+   the server is alive and every reply equals the uninjected baseline.
+4. Overhead: pipelined requests per second, native vs profile recording vs SEV-armed (heal mode).
+5. Apache in profile mode (apache2 -X): calls recorded, predictability, prediction accuracy.
+
+    python -m bench sev
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from healer.profile import (
+    STRATEGIES,
+    Profile,
+    ProfileSession,
+    accuracy,
+    agent_tables,
+    merge,
+    predictability,
+)
+from healer.profile._evaluate import level3_rate, modes_label, run_trials
+from targets.kv_server import EVAL_REQUESTS, KvServer, training_requests
+
+KV_FUNCTIONS = ["handle_line", "parse_command", "count_tokens", "key_valid", "value_len",
+                "find_slot", "alloc_slot", "store_value", "remove_slot", "count_used",
+                "send_reply"]
+WIDTH = 15
+
+
+class _HealTarget:
+    """kv_server with the profile plugin in heal mode (SEV tables, every function injectable)."""
+
+    def __init__(self, tables: dict[str, Any]) -> None:
+        self.server = KvServer.start()
+        self.session = ProfileSession(window=WIDTH, functions=KV_FUNCTIONS, record=False,
+                                      ret_bits=32, tables=tables, injectable=KV_FUNCTIONS)
+        try:
+            self.session.attach(self.server.pid)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def exchange(self, requests: Sequence[str]) -> list[str] | None:
+        return self.server.exchange(requests)
+
+    def stop(self) -> None:
+        self.session.close()
+        self.server.stop()
+
+
+def train(runs: Sequence[int], n: int) -> Profile:
+    """One recorded kv_server run per seed, merged."""
+    profile: Profile | None = None
+    for seed in runs:
+        server = KvServer.start()
+        session = ProfileSession(window=WIDTH, functions=KV_FUNCTIONS, ret_bits=32)
+        try:
+            session.attach(server.pid)
+            for i in range(0, n, 200):
+                server.exchange(training_requests(200, seed * 1000 + i))
+            got = session.profile()
+        finally:
+            session.close()
+            server.stop()
+        profile = got if profile is None else merge(profile, got)
+    assert profile is not None
+    return profile
+
+
+def _rate(server: KvServer, lines: list[str], rounds: int) -> float:
+    start = time.perf_counter()
+    for _ in range(rounds):
+        server.exchange(lines)
+    return rounds * len(lines) / (time.perf_counter() - start)
+
+
+def overhead(tables: dict[str, Any]) -> dict[str, float]:
+    """Requests/s native, recording, and SEV-armed, on the same server process, same run."""
+    lines = training_requests(2000, 99)
+    server = KvServer.start()
+    try:
+        out = {"native": _rate(server, lines, 3)}
+        for label, kw in (("profile recording", {"record": True}),
+                          ("SEV heal mode", {"record": False, "tables": tables,
+                                             "injectable": KV_FUNCTIONS})):
+            s = ProfileSession(window=WIDTH, functions=KV_FUNCTIONS, ret_bits=32, **kw)
+            s.attach(server.pid)
+            try:
+                out[label] = _rate(server, lines, 3)
+            finally:
+                s.close()
+        out["native (after detach)"] = _rate(server, lines, 3)
+        return out
+    finally:
+        server.stop()
+
+
+def apache_profile(seconds_budget: float = 60.0) -> str:
+    """Record Apache (-X) serving manual pages and malformed requests; summarize the profile."""
+    from targets import apache
+
+    functions = ["ap_read_request", "ap_parse_uri", "ap_getword_white", "ap_getword",
+                 "ap_unescape_url", "ap_set_keepalive", "ap_meets_conditions",
+                 "ap_process_request", "ap_getparents", "ap_check_cmd_context",
+                 "ap_escape_html2", "ap_is_url", "ap_make_dirstr_prefix", "ap_count_dirs",
+                 "ap_rgetline_core", "ap_discard_request_body", "ap_run_translate_name",
+                 "ap_run_map_to_storage", "ap_run_handler", "ap_die"]
+    paths = ["/manual/", "/manual/index.html", "/manual/mod/", "/manual/howto/cgi.html",
+             "/manual/nothere.html", "/manual/../../etc/passwd", "/manual/%zz", "/manual/%2e%2e/",
+             "/manual/images/", "/manual/mod/core.html"]
+    profiles = []
+    deadline = time.monotonic() + seconds_budget
+    with apache.running(port=18361, workers=0) as httpd:
+        for _ in range(2):
+            s = ProfileSession(window=WIDTH, functions=functions, ret_bits=32, args=2)
+            s.attach(httpd.pid)
+            try:
+                for rnd in range(6):
+                    for p in paths:
+                        if time.monotonic() > deadline:
+                            break
+                        # 404 and 400 answers are part of the training input
+                        with contextlib.suppress(OSError):
+                            urllib.request.urlopen(httpd.url(p) + f"?r={rnd}", timeout=5).read()
+                profiles.append(s.profile())
+            finally:
+                s.close()
+    a, b = profiles
+    acc, n = accuracy(a, b, WIDTH)
+    calls = sum(fp.calls for fp in b.functions.values())
+    scores = sorted(((predictability(fp, WIDTH), name) for name, fp in a.functions.items()),
+                    reverse=True)
+    top = ", ".join(f"{name} {sc:.2f}" for sc, name in scores[:6])
+    return (f"apache2 -X: {len(a.functions)} functions recorded, {calls} calls in the held-out "
+            f"run; prediction accuracy at width {WIDTH}: {acc:.1%} of {n}; "
+            f"predictability (S{WIDTH}): {top}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench sev", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=1200, help="requests per training run")
+    parser.add_argument("--max-nth", type=int, default=6, help="calls failed per function")
+    parser.add_argument("--no-apache", action="store_true")
+    args = parser.parse_args(argv)
+
+    t0 = time.monotonic()
+    profile = train([1, 2, 3], args.train)
+    held_out = train([4], args.train // 2)
+    print(f"trained on 3 runs: {sum(fp.calls for fp in profile.functions.values())} calls, "
+          f"{len(profile.functions)} functions ({time.monotonic() - t0:.0f} s)")
+
+    print("\nreturn-value prediction from the execution window (held-out run):")
+    for w in (1, 3, 5, WIDTH):
+        acc, n = accuracy(profile, held_out, w)
+        print(f"  width {w:2}: {acc:.1%} of {n} calls")
+    print("  predictability score per function (S1 / S3 / S15):")
+    for name, fp in sorted(profile.functions.items()):
+        sc = [predictability(fp, s) for s in (1, 3, WIDTH)]
+        print(f"    {name:14} {' / '.join(f'{x:.2f}' for x in sc)}   values {len(fp.values)}")
+
+    print("\nlevel 3 (alive and every reply as without injection) after an injected failure:")
+    results = {}
+    for strategy in STRATEGIES:
+        tables = agent_tables(profile, strategy=strategy)
+        trials = run_trials(lambda t=tables: _HealTarget(t), EVAL_REQUESTS, KV_FUNCTIONS,
+                            [None], max_nth=args.max_nth)
+        results[f"SEV {strategy}"] = level3_rate(trials, modes_label(None))
+    tables = agent_tables(profile)
+    fixed_trials = run_trials(lambda: _HealTarget(tables), EVAL_REQUESTS, KV_FUNCTIONS, [0, -1],
+                              max_nth=args.max_nth)
+    for v in (0, -1):
+        results[f"vanilla EV, fixed {v}"] = level3_rate(fixed_trials, modes_label(v))
+    for label, (rate, n) in results.items():
+        print(f"  {label:28} {rate:6.1%} of {n} trials")
+    sev = results["SEV context"][0]
+    best_fixed = max(results["vanilla EV, fixed 0"][0], results["vanilla EV, fixed -1"][0])
+    print(f"  ratio SEV(context) / best fixed value: {sev / best_fixed if best_fixed else 0:.2f}")
+
+    print("\nthroughput, pipelined requests (same server process, same run):")
+    rates = overhead(tables)
+    for label, r in rates.items():
+        print(f"  {label:22} {r:9.0f} req/s   {r / rates['native']:.2f} x native")
+
+    if not args.no_apache:
+        print("\n" + apache_profile())
+    print(f"\ntotal {time.monotonic() - t0:.0f} s")
+    return 0

@@ -61,4 +61,13 @@ rpc.exports = {
     }
     return (Date.now() - start) / n;
   },
+  // bench/policy.py: what asking the host for each decision would cost (send, wait for a reply)
+  hostRoundTrip(n) {
+    const start = Date.now();
+    for (let i = 0; i < n; i++) {
+      send({ type: 'decide', i });
+      recv('decision', () => {}).wait();
+    }
+    return (Date.now() - start) / n;
+  },
 };

@@ -17,6 +17,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import frida
 
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
         source = HARNESS.read_text().replace("/*POLICY_JS*/", INTERPRETER.read_text())
         script = session.create_script(source)
 
-        def on_message(message: dict, _data: bytes | None) -> None:
+        def on_message(message: Any, _data: bytes | None) -> None:
             if message.get("payload", {}).get("type") == "decide":
                 script.post({"type": "decision"})
 

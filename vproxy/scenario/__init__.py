@@ -23,6 +23,7 @@ from vproxy.scenario._format import (
     parse,
 )
 from vproxy.scenario._procs import ServerError, Servers, Started
+from vproxy.scenario._recorder import Recorder
 from vproxy.scenario._report import render
 from vproxy.scenario._runner import (
     ConversationResult,
@@ -43,6 +44,7 @@ __all__ = [
     "Expect",
     "LedgerState",
     "Outcome",
+    "Recorder",
     "Scenario",
     "ScenarioError",
     "ServerError",

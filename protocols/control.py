@@ -285,10 +285,15 @@ def parse_line(line: str) -> Message:
 
 
 def encode(msg: Message) -> bytes:
-    """One message as its line, newline included."""
+    """One message as its line, newline included.
+
+    Error handling:
+        ValueError for a message that would not read back as itself (CR/LF, a space in a one-word
+        field such as an ABORT reason, non-ASCII text).
+    """
     match msg:
         case Hello(version, role, pid, token):
-            text = f"HELLO {version} {role} {pid} {token}"
+            text = f"HELLO {version} {role} {pid} {_word(token, 'token')}"
         case Guard():
             text = "GUARD"
         case Unguard():
@@ -302,7 +307,7 @@ def encode(msg: Message) -> bytes:
         case Commit(tx):
             text = f"COMMIT {tx}"
         case Abort(tx, reason):
-            text = f"ABORT {tx} {reason}"
+            text = f"ABORT {tx} {_word(reason, 'reason')}"
         case Gradual(tx, cid):
             text = f"GRADUAL {tx} {cid}"
         case Release(cid, upto):
@@ -316,15 +321,15 @@ def encode(msg: Message) -> bytes:
         case Ok(detail):
             text = f"OK {detail}" if detail else "OK"
         case Err(code, err_text):
-            text = f"ERR {code} {err_text}"
+            text = f"ERR {_word(code, 'code')} {err_text}"
         case Pong(n):
             text = f"PONG {n}"
         case StatsReply(json):
             text = f"STATS {json}"
         case _:
             raise TypeError(f"not a control message: {msg!r}")
-    if "\n" in text:
-        raise ValueError(f"control message may not contain a newline: {text!r}")
+    if "\n" in text or "\r" in text:  # a reader strips a final \r, and \n would end the line
+        raise ValueError(f"control message may not contain CR or LF: {text!r}")
     return text.encode("ascii") + b"\n"
 
 

@@ -251,7 +251,8 @@ class _H11Framer:
             # carry the unparsed bytes over to a fresh connection
             data, closed = conn.trailing_data
             self._conn = self._new_connection()
-            self._conn.receive_data(data)
+            if data:  # b"" would tell h11 the peer closed
+                self._conn.receive_data(data)
             if closed:
                 self._conn.receive_data(b"")
         self._start = self._consumed

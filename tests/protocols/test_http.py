@@ -270,3 +270,11 @@ def framer_info(message: bytes) -> RequestInfo:
     event = framer.next_event()
     assert isinstance(event, MessageStart)
     return event.info
+
+
+def test_http10_keep_alive_request_ending_at_a_chunk_end_is_not_taken_for_eof(drain) -> None:
+    # regression: carrying b"" over to a fresh h11 connection used to read as the peer closing
+    ka = b"GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    framer = RequestFramer()
+    assert spans(drain(framer, [ka])) == [(0, len(ka))]
+    assert spans(drain(framer, [ka, b""])) == [(len(ka), 2 * len(ka))]

@@ -330,6 +330,8 @@
   Sead.policy = {
     load, forFunction, evaluate, repair, undo, check, makeContext,
     active: () => active,
+    // the functions the policy names: the coverage should supervise them
+    functions: () => (active ? Array.from(active.functions.keys()) : []),
     stats: () => Object.assign({}, stats),
   };
 

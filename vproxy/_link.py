@@ -89,7 +89,7 @@ class Link:
             self.log.warning("upstream unreachable", upstream=str(route.upstream),
                              cause=exc.strerror or str(exc))
             if route.side == "front":
-                await self._send_quietly(self.client, self.replacer.unreachable())
+                await self._refuse(self.client, self.replacer.unreachable())
             return
         if route.side == "front":
             server, peer = self.upstream, self.client
@@ -106,8 +106,8 @@ class Link:
                 nursery.start_soon(self._output, server, peer)
                 nursery.start_soon(self._writer, peer)
         except* OSError as group:
-            exc = group.exceptions[0]
-            self.log.info("connection reset", cause=getattr(exc, "strerror", None) or str(exc))
+            first = group.exceptions[0]
+            self.log.info("connection reset", cause=getattr(first, "strerror", None) or str(first))
         finally:
             self.gateway.unregister(self)
 
@@ -117,10 +117,18 @@ class Link:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
 
-    async def _send_quietly(self, sock: socket.socket, data: bytes) -> None:
-        if data:
-            with contextlib.suppress(OSError):
-                await _sockio.send_all(sock, data)
+    async def _refuse(self, sock: socket.socket, answer: bytes) -> None:
+        """Send ``answer`` (maybe empty) and close cleanly: half-close, then read what the client
+        still sends (bounded) so the kernel does not turn our close into a reset that could
+        destroy the answer before the client read it."""
+        with contextlib.suppress(OSError), trio.move_on_after(1.0):
+            await _sockio.send_all(sock, answer)
+            _sockio.shutdown_write(sock)
+            buf = bytearray(_CHUNK)
+            fair = _sockio.Yielder()
+            for _ in range(64):
+                if not await _sockio.recv_into(sock, buf, fair):
+                    break
 
     # --- input: towards the server -------------------------------------------------------------
 
@@ -144,6 +152,10 @@ class Link:
             finally:
                 lock.release()
             self._delivered(chunk)
+            if self.hold is not None or self.gateway.guarded:
+                self.holding()  # guarded: frame requests from here on, as the output will be
+                if self.replacer.wants_requests:
+                    self.replacer.client_data(bytes(chunk))
             stats.bytes_passed += n
         _sockio.shutdown_write(server)
 

@@ -1,0 +1,89 @@
+"""Aborted output is replaced by a protocol-correct error, only at a message boundary."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from protocols import http, lenpfx
+from protocols.control import Abort, Begin, Commit, Gradual, Guard, Io
+from vproxy import Address, GatewayConfig, Route, serve
+from vproxy.testing import ScriptedController, conn_of
+
+
+async def _guarded(start_gateway, upstream, net, protocol, **config):
+    serving = await start_gateway(protocol=protocol, **config)
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send(Guard())
+    await ctl.sync()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    await ctl.send(conn_of(1, server))
+    return serving, ctl, client, server
+
+
+async def test_line_abort_becomes_err_line_and_stream_goes_on(start_gateway, upstream, net):
+    serving, ctl, client, server = await _guarded(start_gateway, upstream, net, "line")
+    await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5), Commit(1))
+    await ctl.send(Begin(2, None), Io(2, 1, "out", 5, 17), Abort(2, "SIGSEGV"))
+    await ctl.send(Begin(3, None), Io(3, 1, "out", 17, 22), Commit(3))
+    await net.send(server, b"OK 1\nLEAKED SECR\nOK 3\n")
+    expected = b"OK 1\nERR aborted SIGSEGV\nOK 3\n"
+    assert await net.recv_exactly(client, len(expected)) == expected
+    await net.assert_silent(client, 0.05)
+    assert serving.gateway.stats.replacements == 1
+
+
+async def test_line_abort_mid_message_closes_instead(start_gateway, upstream, net):
+    _, ctl, client, server = await _guarded(start_gateway, upstream, net, "line")
+    await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6), Gradual(1, 1))
+    await net.send(server, b"OK par")
+    assert await net.recv_exactly(client, 6) == b"OK par"
+    await ctl.send(Io(1, 1, "out", 6, 11), Abort(1, "stack-chk"))
+    await net.send(server, b"tial\n")
+    assert await net.recv_to_eof(client) == b""  # no replacement spliced into "OK par..."
+
+
+async def test_lenpfx_abort_becomes_error_frame(start_gateway, upstream, net):
+    _, ctl, client, server = await _guarded(start_gateway, upstream, net, "lenpfx")
+    frame = lenpfx.error_frame(b"secret payload")
+    await ctl.send(Begin(1, None), Io(1, 1, "out", 0, len(frame)), Abort(1, "ivp"))
+    await net.send(server, frame)
+    expected = lenpfx.error_frame(b"aborted ivp")
+    assert await net.recv_exactly(client, len(expected)) == expected
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_http_abort_becomes_503_with_close(start_gateway, upstream, net, method):
+    _, ctl, client, server = await _guarded(start_gateway, upstream, net, "http")
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    request = f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    await net.send(client, request)
+    assert await net.recv_exactly(server, len(request)) == request
+    await ctl.send(Begin(1, None), Io(1, 1, "out", 0, len(first)), Commit(1))
+    await net.send(server, first if method == "GET" else first[:-2])
+    n = len(first) if method == "GET" else len(first) - 2
+    assert await net.recv_exactly(client, n) == first[:n]
+    await net.send(client, request)  # keep-alive: a second request, whose handler faults
+    assert await net.recv_exactly(server, len(request)) == request
+    await ctl.send(Begin(2, None), Io(2, 1, "in", len(request), 2 * len(request)),
+                   Io(2, 1, "out", n, n + 12), Abort(2, "SIGSEGV"))
+    await net.send(server, b"HTTP/1.1 200")  # the faulting handler's partial answer
+    replacement = await net.recv_to_eof(client)
+    assert replacement == http.error_response(503, close=True, head=method == "HEAD")
+    assert b"200" not in replacement
+
+
+async def test_http_unreachable_upstream_gets_502(nursery, net):
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    config = GatewayConfig(routes=(Route(Address("127.0.0.1", 0), Address("127.0.0.1", port),
+                                         "http"),))
+    serving = await nursery.start(serve, config)
+    client = await net.connect(serving.listening[0])
+    await net.send(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await net.recv_to_eof(client)
+    dead.close()
+    assert answer.startswith(b"HTTP/1.1 502 ") and b"Connection: close" in answer

@@ -216,11 +216,16 @@
   }
 
   // Apply rp number `index` of entry: {rp, value (BigInt|null), raddress (BigInt|null), undo}.
+  // Inside the rp, 'rvalue and 'raddress read what its earlier actions set (else the ctx's).
   function repair(entry, ctx, index) {
     const rp = entry.rps[index];
     const out = { rp, value: null, raddress: null, undo: [] };
+    const inner = Object.assign({}, ctx, {
+      rvalue: () => (out.value !== null ? out.value : ctx.rvalue()),
+      raddress: () => (out.raddress !== null ? out.raddress : ctx.raddress()),
+    });
     try {
-      for (const set of rp.sets) set(ctx, out);
+      for (const set of rp.sets) set(inner, out);
     } catch (e) {
       undo(out);
       throw e;
@@ -259,7 +264,7 @@
       st = { entry, next: 0, applied: null };
       attempts.set(tx, st);
     }
-    const ctx = makeContext(tx, 0);
+    const ctx = makeContext(tx, fault && fault.retval !== undefined ? fault.retval : 0);
     while (st.next < entry.rps.length) {
       const index = st.next++;
       try {

@@ -169,3 +169,12 @@ def test_reload_to_no_policy_or_garbage(harness, login_exe, policy):
     else:
         assert "not a compiled policy" in error
         assert h.api.heal(CHECK, "SIGSEGV")["value"] == "0"
+
+
+def test_an_rp_reads_the_values_its_earlier_actions_set(harness, login_exe):
+    h = harness()
+    text = ("rp R := ('rvalue = 5), ('rvalue = 'rvalue * 2), (failed_logins = 'rvalue + 1),\n"
+            "         (assert failed_logins == 11);\ntp check_credentials :=: &R;")
+    h.api.init({"policy": compile_text(text, "p.pol", binary=login_exe)})
+    assert h.api.heal(CHECK, "SIGSEGV")["value"] == "10"
+    assert h.api.readS32("failed_logins") == 11

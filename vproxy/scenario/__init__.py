@@ -4,7 +4,7 @@ Public front::
 
     scenario = load("tests/scenarios/basic.yaml")          # ScenarioError names file:line
     with Servers() as servers:
-        endpoints = start_direct(servers, scenario)         # or a gateway/healer layout
+        endpoints = start_direct(servers, scenario)         # or start_in_namespaces(...)
         outcome = trio.run(run_scenario, scenario, endpoints)
         outcome.notes += servers.notes()                    # a server that died is a failure
     print(render(outcome))
@@ -22,6 +22,15 @@ from vproxy.scenario._format import (
     load,
     parse,
 )
+from vproxy.scenario._netlayout import (
+    FRONT_PORT,
+    LEDGER_PORT,
+    Layout,
+    gateway_argv,
+    gateway_counters,
+    ns_opener,
+    start_in_namespaces,
+)
 from vproxy.scenario._procs import ServerError, Servers, Started
 from vproxy.scenario._recorder import Recorder
 from vproxy.scenario._report import render
@@ -37,11 +46,14 @@ from vproxy.scenario._runner import (
 from vproxy.scenario._system import ledger_argv, payfront_argv, start_direct, tcp_opener
 
 __all__ = [
+    "FRONT_PORT",
+    "LEDGER_PORT",
     "Account",
     "Conversation",
     "ConversationResult",
     "Endpoints",
     "Expect",
+    "Layout",
     "LedgerState",
     "Outcome",
     "Recorder",
@@ -52,13 +64,17 @@ __all__ = [
     "Started",
     "Step",
     "UnreachableError",
+    "gateway_argv",
+    "gateway_counters",
     "ledger_argv",
     "load",
+    "ns_opener",
     "parse",
     "payfront_argv",
     "read_ledger",
     "render",
     "run_scenario",
     "start_direct",
+    "start_in_namespaces",
     "tcp_opener",
 ]

@@ -55,7 +55,7 @@ class Servers:
         self.started: list[Started] = []
 
     def start(self, name: str, argv: Sequence[str], *, spawn: Spawner = subprocess.Popen,
-              timeout: float = 10.0) -> Started:
+              timeout: float = 10.0, wait_ready: bool = True) -> Started:
         """Run ``argv`` and wait for its ``READY <port>`` line.
 
         Args:
@@ -64,6 +64,8 @@ class Servers:
             spawn: ``subprocess.Popen`` or a compatible starter (``netns.popen_in`` bound to a
                 namespace).
             timeout: seconds to wait for READY.
+            wait_ready: False for a program that prints no READY (port stays 0; the caller waits
+                for it to listen).
 
         Error handling:
             ServerError if it cannot be executed, exits, or prints no READY in time.
@@ -76,6 +78,8 @@ class Servers:
             raise ServerError(f"cannot run {name} ({argv[0]}): {exc}") from None
         started = Started(name, proc, 0, err)
         self.started.append(started)
+        if not wait_ready:
+            return started
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = b""

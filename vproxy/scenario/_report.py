@@ -39,9 +39,9 @@ def render(outcome: Outcome, *, verbose: bool = False) -> str:
     if g is None:
         lines.append("  gateway         none (payfront reached directly)")
     else:
-        lines.append(f"  gateway         commits {g.get('commits', 0)}, "
-                     f"aborts {g.get('aborts', 0)}, "
-                     f"gradual {g.get('gradual', 0)}; bytes held {g.get('bytes_held', 0)}, "
+        lines.append(f"  gateway         commits {g.get('committed', 0)}, "
+                     f"aborts {g.get('aborted', 0)}; bytes held {g.get('bytes_held', 0)}, "
+                     f"released {g.get('bytes_released', 0)}, "
                      f"discarded {g.get('bytes_discarded', 0)}")
     lines.extend(f"  note            {n}" for n in outcome.notes)
     for c in convs:

@@ -21,6 +21,7 @@ from vproxy.scenario._lines import LineStream, PeerClosed, ReplyTimeout
 log = structlog.get_logger("vproxy.scenario")
 
 Opener = Callable[[], Awaitable[trio.abc.Stream]]
+Counters = Callable[[], Awaitable[dict[str, int]]]
 
 _SETTLE_POLLS = 40      # DUMPs while waiting for the ledger to drop prepares of closed links
 _SETTLE_INTERVAL = 0.05
@@ -199,14 +200,15 @@ async def _settle(endpoints: Endpoints, timeout: float) -> LedgerState:
     return state
 
 
-async def run_scenario(scenario: Scenario, endpoints: Endpoints, *,
-                       check_initial: bool = True) -> Outcome:
+async def run_scenario(scenario: Scenario, endpoints: Endpoints, *, check_initial: bool = True,
+                       counters: Counters | None = None) -> Outcome:
     """Play every conversation (concurrently, honouring ``after``) and audit the ledger.
 
     Args:
         scenario: the parsed scenario.
         endpoints: how to reach payfront and the ledger.
         check_initial: refuse to run unless the ledger holds the scenario's initial balances.
+        counters: reads the gateway's counters; the outcome carries their change over the run.
 
     Returns:
         The Outcome (reply mismatches are results, not exceptions).
@@ -216,6 +218,7 @@ async def run_scenario(scenario: Scenario, endpoints: Endpoints, *,
         the scenario's accounts and balances: the expected final state would be meaningless.
     """
     before = await read_ledger(endpoints, scenario.timeout)
+    first = await counters() if counters is not None else None
     want = {a.name: a.balance for a in scenario.accounts}
     if check_initial and before.balances != want:
         raise UnreachableError(
@@ -237,4 +240,8 @@ async def run_scenario(scenario: Scenario, endpoints: Endpoints, *,
         for conv in scenario.conversations:
             nursery.start_soon(play, conv)
     after = await _settle(endpoints, scenario.timeout)
-    return Outcome(scenario, list(results.values()), before, after)
+    gateway = None
+    if counters is not None and first is not None:
+        last = await counters()
+        gateway = {k: v - first.get(k, 0) for k, v in last.items()}
+    return Outcome(scenario, list(results.values()), before, after, gateway)

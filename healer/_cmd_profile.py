@@ -137,12 +137,12 @@ def _record(args: argparse.Namespace, words: list[str]) -> int:
                              on_trace=print if args.trace else None)
     spawned = False
     try:
-        if len(words) == 1 and words[0].isdigit():
-            session.attach(int(words[0]))
-        else:
-            session.spawn(words)
-            spawned = True
-        with _until_interrupted():
+        with _until_interrupted():  # from the start: a stop while attaching still saves
+            if len(words) == 1 and words[0].isdigit():
+                session.attach(int(words[0]))
+            else:
+                spawned = True
+                session.spawn(words)
             session.wait_detached(args.duration)
         profile = session.profile()
     except SessionError as exc:

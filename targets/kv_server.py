@@ -15,6 +15,10 @@ from collections.abc import Sequence
 
 from targets import build
 
+FUNCTIONS = ("handle_line", "parse_command", "count_tokens", "key_valid", "value_len", "find_slot",
+             "alloc_slot", "store_value", "remove_slot", "count_used", "send_reply")
+"""The server's exported functions (hook, profile, inject)."""
+
 EVAL_REQUESTS = (
     "RESET", "SET alpha 1", "SET beta two", "GET alpha", "GET gamma", "SET bad-key 3",
     "GET beta", "SET delta", "DEL alpha", "GET alpha", "SET gamma 33", "FETCH gamma", "COUNT",

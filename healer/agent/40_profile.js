@@ -22,6 +22,7 @@
   const rr = new Map(); // function -> round-robin state
   const seenAnomalies = new Set();
   const post = new Map(); // threadId -> {fn, value, expect, left, off: []}
+  const perFunction = {}; // function -> calls seen
   const stats = { calls: 0, heals: 0, taintDepth: 0, taintedReturns: 0, offProfileReturns: 0,
     anomalies: 0, postOk: 0, postOff: 0 };
 
@@ -62,6 +63,7 @@
 
   function onCall(fn, tid, args) {
     stats.calls++;
+    perFunction[fn.name] = (perFunction[fn.name] || 0) + 1;
     const stack = stackOf(tid);
     const win = windowOf(stack, width);
     const top = stack[stack.length - 1];
@@ -240,7 +242,7 @@
     postEvaluate: postEvaluate,
     window: (tid, name) => { const f = frameOf(tid, name); return f === null ? [] : f.window; },
     flush: flush,
-    stats: () => Object.assign({}, stats),
+    stats: () => Object.assign({ perFunction: Object.assign({}, perFunction) }, stats),
   };
 
   Sead.use({

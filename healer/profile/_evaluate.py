@@ -4,7 +4,10 @@ Level 3 is "externally visible behaviour remains the same as previous". The meas
 replies of the server to a fixed request sequence are recorded without injection (the baseline);
 then, for each function and each of its calls in the sequence, the sequence is replayed with that
 call failed (fault injection) and healed by SEV or by a fixed value (vanilla error virtualization).
-A trial reaches level 3 when the process is alive and every reply equals the baseline.
+A trial reaches level 3 when the process is alive, the healed request got an answer, and every
+reply after the healed request equals the baseline: the heal may turn the request it interrupted
+into an error (SEV's aim: malicious input handled like the bad input seen in training), but nothing
+visible afterwards may change. ``same`` records the stricter outcome (every reply unchanged).
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ class Trial:
     mode: str  # 'sev' or 'fixed N'
     value: str
     why: str
+    request: int  # index of the request during which the call failed
     alive: bool
+    same_after: bool  # the healed request was answered; every later reply equals the baseline
     same: bool  # every reply equals the baseline
 
     @property
     def level3(self) -> bool:
-        return self.alive and self.same
+        return self.alive and self.same_after
 
 
 def modes_label(fixed: int | None) -> str:
@@ -71,12 +76,15 @@ def run_trials(start: Callable[[], Target], requests: Sequence[str], functions: 
         baseline = target.exchange(requests)
         if baseline is None or target.exchange(requests) != baseline:
             raise RuntimeError("the server's replies to the request sequence are not repeatable")
+        calls = _calls_per_request(target, requests)
         trials = []
         for fn in functions:
             for nth in range(1, max_nth + 1):
                 fired_any = False
                 for fixed in modes:
-                    trial, target = _trial(start, target, requests, baseline, fn, nth, fixed)
+                    where = next((i for i, c in enumerate(calls) if c.get(fn, 0) >= nth), -1)
+                    trial, target = _trial(start, target, requests, baseline, fn, nth, fixed,
+                                           where)
                     if trial is not None:
                         trials.append(trial)
                         fired_any = True
@@ -87,9 +95,20 @@ def run_trials(start: Callable[[], Target], requests: Sequence[str], functions: 
         target.stop()
 
 
+def _calls_per_request(target: Target, requests: Sequence[str]) -> list[dict[str, int]]:
+    """Cumulative calls per function after each request (sent one by one, without injection)."""
+    out = []
+    start = target.session.status()["profile"]["perFunction"]
+    for i in range(len(requests)):
+        target.exchange(requests[i:i + 1])
+        now = target.session.status()["profile"]["perFunction"]
+        out.append({f: n - start.get(f, 0) for f, n in now.items()})
+    return out
+
+
 def _trial(start: Callable[[], Target], target: Target, requests: Sequence[str],
-           baseline: list[str], fn: str, nth: int,
-           fixed: int | None) -> tuple[Trial | None, Target]:
+           baseline: list[str], fn: str, nth: int, fixed: int | None,
+           where: int) -> tuple[Trial | None, Target]:
     s = target.session
     s.set_fixed(fixed)
     before = len(s.injects)
@@ -106,7 +125,9 @@ def _trial(start: Callable[[], Target], target: Target, requests: Sequence[str],
     trial = None
     if fired:
         ev = fired[0]
-        trial = Trial(fn, nth, modes_label(fixed), ev["value"], ev["why"], alive,
+        after = replies is not None and len(replies) == len(baseline) and where >= 0 and \
+            replies[where + 1:] == baseline[where + 1:]
+        trial = Trial(fn, nth, modes_label(fixed), ev["value"], ev["why"], where, alive, after,
                       replies == baseline)
     if not alive or replies is None:
         target.stop()

@@ -1,0 +1,147 @@
+"""Smart Error Virtualization end to end: kv_server, Frida attached, failures injected."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from healer.profile import FunctionProfile, Profile, ProfileSession, agent_tables
+from healer.profile._evaluate import level3_rate, run_trials
+from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer
+
+
+class _Heal:
+    def __init__(self, tables: dict[str, Any], functions: list[str]) -> None:
+        self.server = KvServer.start()
+        self.session = ProfileSession(window=15, functions=FUNCTIONS, record=False,
+                                      ret_bits=32, tables=tables, injectable=functions)
+        try:
+            self.session.attach(self.server.pid)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def exchange(self, requests):
+        return self.server.exchange(requests)
+
+    def stop(self) -> None:
+        self.session.close()
+        self.server.stop()
+
+
+def test_sev_reaches_level3_far_more_often_than_a_fixed_value(trained):
+    trials = run_trials(functools.partial(_Heal, agent_tables(trained), FUNCTIONS),
+                        EVAL_REQUESTS, FUNCTIONS, [None, 0, -1], max_nth=3)
+    level3 = {m: level3_rate(trials, m) for m in ("sev", "fixed 0", "fixed -1")}
+    strict = {m: sum(t.alive and t.same for t in trials if t.mode == m) for m in level3}
+    assert level3["sev"][1] == 3 * len(FUNCTIONS) - 2  # remove_slot, count_used: 2 calls each
+    assert level3["sev"][0] > max(level3["fixed 0"][0], level3["fixed -1"][0])
+    assert strict["sev"] >= 1.5 * max(strict["fixed 0"], strict["fixed -1"])
+    for t in trials:
+        if t.mode == "sev":
+            assert t.why.startswith("context: ")  # how the value was selected, with evidence
+    # a SEV value is one the function returned in training
+    assert all(int(t.value) in trained.functions[t.function].values
+               for t in trials if t.mode == "sev")
+
+
+def _tiny_profile() -> Profile:
+    p = Profile(window=15)
+    fp = p.function("store_value")
+    for v in (5, 7, 9):
+        fp.add_call(("alloc_slot", "find_slot"), (v,), v)
+    fp.args = {(0,): Counter({100: 1}), (3,): Counter({300: 1})}
+    fp.values.update({100: 1, 300: 1})
+    return p
+
+
+@pytest.mark.parametrize("strategy, expected", [
+    ("first", ["5", "5", "5", "5"]),
+    ("round-robin", ["5", "7", "9", "100"]),
+    ("delayed-round-robin", ["5", "7", "9", "100"]),
+    ("argument-closest", ["100", "100", "100", "100"]),  # slot 0 is closest to (0,)
+    ("context", ["5", "5", "5", "5"]),  # window (alloc_slot, find_slot, ...): ties -> smallest
+])
+def test_scheduling_strategies_choose_in_the_target(kv, sessions, strategy, expected):
+    s = ProfileSession(window=15, functions=FUNCTIONS, record=False, ret_bits=32,
+                       tables=agent_tables(_tiny_profile(), strategy=strategy),
+                       injectable=["store_value"])
+    sessions.append(s)
+    s.attach(kv.pid)
+    got = []
+    for i in range(4):
+        s.inject("store_value", 1)
+        assert kv.exchange(["RESET", f"SET k{i} v"]) == ["RESET", "STORED"]
+        s.status()
+        got.append(s.injects[-1]["value"])
+        assert s.injects[-1]["why"].startswith(strategy + ":")
+    assert got == expected
+
+
+def test_fixed_value_mode_is_vanilla_error_virtualization(kv, sessions, trained):
+    s = ProfileSession(window=15, functions=FUNCTIONS, record=False, ret_bits=32,
+                       tables=agent_tables(trained), injectable=["key_valid"])
+    sessions.append(s)
+    s.attach(kv.pid)
+    s.set_fixed(-1)  # -1 is "true" for a C int flag: the malformed key is accepted
+    s.inject("key_valid", 1)
+    assert kv.exchange(["RESET", "SET bad! 1", "COUNT"]) == ["RESET", "STORED", "COUNT 1"]
+    s.set_fixed(None)  # SEV: in this window training saw key_valid fail -> the request fails
+    s.inject("key_valid", 1)
+    replies = kv.exchange(["RESET", "SET bad! 1", "COUNT"])
+    s.status()
+    assert [i["source"] for i in s.injects] == ["fixed", "profile"]
+    assert replies[0] == "RESET" and replies[2] in ("COUNT 0", "COUNT 1")
+
+
+def test_post_evaluation_reports_a_heal_that_leaves_the_profile(kv, sessions, trained):
+    s = ProfileSession(window=15, functions=FUNCTIONS, record=False, ret_bits=32,
+                       tables=agent_tables(trained), injectable=["parse_command"])
+    sessions.append(s)
+    s.attach(kv.pid)
+    s.inject("parse_command", 1)  # SEV: a value seen in training
+    kv.exchange(["GET k1", "COUNT", "COUNT"])
+    s.set_fixed(77)  # a command code parse_command never returned
+    s.inject("parse_command", 1)
+    kv.exchange(["GET k1", "COUNT", "COUNT"])
+    st = s.status()
+    assert len(s.posts) == 2
+    first, second = s.posts
+    assert (first["taintDepth"], second["taintDepth"]) == (1, 2)
+    assert first["ok"], first
+    assert not second["ok"]
+    assert "parse_command returned 77, never seen in training" in second["offProfile"]
+    assert st["profile"]["heals"] == 2 and st["profile"]["postOff"] == 1
+
+
+def test_anomaly_detector_flags_a_window_never_seen_in_training(kv, sessions, record):
+    rnd = random.Random(5)
+    normal = ["RESET"] + [rnd.choice([f"SET k{rnd.randrange(9)} {rnd.randrange(99)}",
+                                      f"GET k{rnd.randrange(9)}", f"DEL k{rnd.randrange(9)}",
+                                      "COUNT"]) for _ in range(400)]
+    with_server = KvServer.start()
+    try:
+        profile = record(with_server, normal)
+    finally:
+        with_server.stop()
+    s = ProfileSession(window=15, functions=FUNCTIONS, record=False, ret_bits=32,
+                       tables=agent_tables(profile, anomaly_width=2))
+    sessions.append(s)
+    s.attach(kv.pid)
+    kv.exchange(normal[:200])
+    s.status()
+    assert s.anomalies == []  # the traffic it was trained on raises nothing
+    kv.exchange(["GET bad!"])  # key_valid fails: send_reply right after key_valid is new
+    s.status()
+    assert [(a["function"], a["window"]) for a in s.anomalies] == [
+        ("send_reply", ["key_valid", "parse_command"])]
+    assert s.anomalies[0]["reason"] == "window never seen in training"
+
+
+def test_agent_tables_reject_unknown_strategy_before_attaching():
+    with pytest.raises(ValueError, match="argument-closest"):
+        agent_tables(Profile(window=3, functions={"f": FunctionProfile("f")}), strategy="best")

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from sead.cli import CliError
 
 if TYPE_CHECKING:
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
 
 NAME = "profile"
 HELP = "record a behaviour profile (calls, arguments, return values, contexts); diff two profiles"
+log = structlog.get_logger("healer.profile")
+
 DESCRIPTION = """\
 Record, for every call of the hooked functions, the arguments, the return value and the execution-
 window context (previous siblings, then parents: STEM paper, Figure 4), into a versioned profile
@@ -143,6 +147,8 @@ def _record(args: argparse.Namespace, words: list[str]) -> int:
             else:
                 spawned = True
                 session.spawn(words)
+            log.info("recording", pid=session.pid, functions=len(session.functions),
+                     window=args.window)
             session.wait_detached(args.duration)
         profile = session.profile()
     except SessionError as exc:

@@ -51,6 +51,7 @@ class ProfileSession:
         self.posts: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.skipped: list[str] = []
+        self.functions: list[str] = []
         self.detached = threading.Event()
         self._lock = threading.Lock()
         self._functions = list(functions) if functions is not None else None
@@ -108,6 +109,7 @@ class ProfileSession:
         if functions is None:
             functions = [n for n in api.exports() if not n.startswith("_")]
         self._config["functions"] = functions
+        self.functions = list(functions)
         try:
             info = api.init(self._config)
         except frida.core.RPCException as exc:

@@ -63,10 +63,12 @@ static int find_account(const char *name)
     return -1;
 }
 
-static struct pending *find_pending(const char *ref)
+/* The transfer `ref` prepared by connection `owner` (owner >= 0) or paid by account `from`. */
+static struct pending *find_pending(const char *ref, int owner, int from)
 {
     for (int i = 0; i < MAX_PENDING; i++)
-        if (pending[i].used && strcmp(pending[i].ref, ref) == 0)
+        if (pending[i].used && strcmp(pending[i].ref, ref) == 0 &&
+            (owner >= 0 ? pending[i].owner == owner : pending[i].from == from))
             return &pending[i];
     return NULL;
 }
@@ -110,7 +112,7 @@ static void prepare(int fd, char *args, char *out, size_t outlen)
         why = "bad-amount";
     else if (was_applied(key))
         why = "duplicate";
-    else if (find_pending(ref) != NULL)
+    else if (find_pending(ref, -1, f) != NULL)
         why = "busy";
     else if (accounts[f].balance - accounts[f].reserved < amount)
         why = "insufficient-funds";
@@ -132,8 +134,8 @@ static void prepare(int fd, char *args, char *out, size_t outlen)
 
 static void commit(int fd, const char *ref, char *out, size_t outlen)
 {
-    struct pending *p = find_pending(ref);
-    if (p == NULL || p->owner != fd || n_applied == MAX_APPLIED) {
+    struct pending *p = find_pending(ref, fd, -1);
+    if (p == NULL || n_applied == MAX_APPLIED) {
         snprintf(out, outlen, "ERR unknown-ref %s\n", ref);
         return;
     }
@@ -181,8 +183,8 @@ static int handle(int fd, char *line)
     } else if (strncmp(line, "COMMIT ", 7) == 0) {
         commit(fd, line + 7, out, sizeof out);
     } else if (strncmp(line, "ABORT ", 6) == 0) {
-        struct pending *p = find_pending(line + 6);
-        if (p != NULL && p->owner == fd)
+        struct pending *p = find_pending(line + 6, fd, -1);
+        if (p != NULL)
             drop_pending(p);
         snprintf(out, sizeof out, "ABORTED %.200s\n", line + 6);
     } else if (strcmp(line, "DUMP") == 0) {

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
+from functools import partial
+from pathlib import Path
 
 import trio
 
+import netns
 from sead.cli import CliError
 from targets import BuildError
 from vproxy import scenario as sc
@@ -26,6 +30,7 @@ balances.
 
   vproxy replay tests/scenarios/basic.yaml
   vproxy replay -v tests/scenarios/*.yaml
+  vproxy replay --namespaces tests/scenarios/basic.yaml    # through vproxy on both paths (root)
   vproxy replay --payfront-bin ./payfront-new tests/scenarios/recorded.yaml
   vproxy replay --front 127.0.0.1:7000 --ledger 127.0.0.1:7001 recorded.yaml
 
@@ -52,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use this ledger executable instead of building targets/ledger.c")
     parser.add_argument("--opt", default="-O2", choices=["-O0", "-O1", "-O2", "-O3"],
                         help="gcc optimisation for the built targets (default -O2)")
+    parser.add_argument("--namespaces", action="store_true",
+                        help="run in fresh network namespaces with vproxy serve on payfront's "
+                             "client and ledger paths (root); the report shows the gateway's "
+                             "counters")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print the transcript of every failed conversation")
 
@@ -65,8 +74,22 @@ def _start(args: argparse.Namespace, servers: sc.Servers, scenario: sc.Scenario)
                            ledger_bin=args.ledger_bin)
 
 
+def _replay_in_namespaces(args: argparse.Namespace, scenario: sc.Scenario) -> sc.Outcome:
+    with netns.topology(netns.unique_name("replay")) as topo, \
+            tempfile.TemporaryDirectory(prefix="sead-replay-") as tmp, sc.Servers() as servers:
+        layout = sc.start_in_namespaces(servers, scenario, topo, Path(tmp) / "ctl.sock",
+                                        opt=args.opt, payfront_bin=args.payfront_bin)
+        assert layout.control is not None
+        outcome = trio.run(partial(sc.run_scenario, scenario, layout.endpoints,
+                                   counters=partial(sc.gateway_counters, layout.control)))
+        outcome.notes += servers.notes()
+    return outcome
+
+
 def replay_one(args: argparse.Namespace, scenario: sc.Scenario) -> sc.Outcome:
     """Start (or reach) the servers, play ``scenario``, stop what was started."""
+    if args.namespaces:
+        return _replay_in_namespaces(args, scenario)
     with sc.Servers() as servers:
         endpoints = _start(args, servers, scenario)
         outcome = trio.run(sc.run_scenario, scenario, endpoints)
@@ -75,6 +98,8 @@ def replay_one(args: argparse.Namespace, scenario: sc.Scenario) -> sc.Outcome:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.namespaces and args.front is not None:
+        raise CliError("--namespaces starts its own servers: leave out --front/--ledger", 2)
     if (args.front is None) != (args.ledger is None):
         raise CliError("--front and --ledger go together: give both addresses, or neither to "
                        "start local servers", status=2)
@@ -88,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     for scenario in scenarios:
         try:
             outcome = replay_one(args, scenario)
-        except (sc.ServerError, sc.UnreachableError, BuildError) as exc:
+        except (sc.ServerError, sc.UnreachableError, BuildError, netns.NetnsError) as exc:
             raise CliError(f"{scenario.path}: {exc}") from None
         with contextlib.suppress(BrokenPipeError):
             print(sc.render(outcome, verbose=args.verbose), flush=True)

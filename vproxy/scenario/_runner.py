@@ -178,7 +178,7 @@ async def _converse(conv: Conversation, endpoints: Endpoints, timeout: float,
             result.passed += 1
     except _Mismatch as exc:
         result.failure = f"line {step_line}: {exc}"
-        lg.info("conversation failed", reason=result.failure)
+        lg.debug("conversation failed", reason=result.failure)
     except PeerClosed as exc:
         result.failure = f"line {step_line}: {exc}"
     finally:

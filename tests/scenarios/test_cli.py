@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+import netns
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,3 +42,13 @@ def test_unreachable_servers_are_a_one_line_error() -> None:
     assert proc.returncode == 1
     assert "cannot connect to the ledger at 127.0.0.1:9" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.root
+def test_replay_in_namespaces_reports_the_gateway() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    proc = vproxy("replay", "--namespaces", str(HERE / "basic.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ": PASS" in proc.stdout and "gateway         commits" in proc.stdout
+    assert netns.existing("replay") == {}  # its namespaces are gone

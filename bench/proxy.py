@@ -1,0 +1,315 @@
+"""Gateway throughput: small keep-alive HTTP requests through vproxy vs direct vs haproxy.
+
+wrk (1 thread, 8 connections, keep-alive) fetches a ~1 KiB file from Apache (``-X``) on loopback:
+
+- ``direct``: straight to Apache;
+- ``haproxy``: haproxy in TCP mode, one thread (the reference relay);
+- ``vproxy-pass``: ``vproxy serve --protocol http`` with no healer (pass-through);
+- ``vproxy-guarded``: the same with ``--control`` and a scripted controller that GUARDs and, for
+  every response, sends ``BEGIN``/``IO in``/``IO out``/``COMMIT`` with the real offsets (Apache's
+  responses to wrk have a fixed length, measured first). Every response is held until its commit
+  is applied: this measures the guarded hold/release path and the control parsing, without Frida.
+
+Configurations alternate (A B C D A B C D ...) so drift on the shared machine hits all alike. For
+each: requests/s, p50/p99 latency (wrk), and the proxy's CPU per request (utime+stime of its
+process over the run / requests). Ratios are printed against haproxy and direct; the medians go
+to ``bench/results/proxy.json``.
+
+    python -m bench proxy
+    python -m bench.proxy --rounds 5 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from protocols.control import Begin, Commit, Conn, Endpoint, Guard, Io, Message
+from targets import apache
+from vproxy.testing import ScriptedController
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+PATH = "/manual/style/lang.dtd"  # 907 bytes: the ~1 KiB file
+PORTS = {"apache": 18180, "haproxy": 18181, "vproxy-pass": 18182, "vproxy-guarded": 18183}
+CONFIGS = ("direct", "haproxy", "vproxy-pass", "vproxy-guarded")
+WINDOW = 3000  # responses announced ahead per connection by the guarded controller
+
+
+def _cpu(pid: int | None) -> float:
+    """User+system CPU seconds of ``pid`` so far (0 when there is no such process)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=REPO, start_new_session=True)
+    try:
+        _wait_port(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def _haproxy(workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen web
+    bind 127.0.0.1:{PORTS["haproxy"]}
+    server apache 127.0.0.1:{PORTS["apache"]}
+""")
+    with _process(["haproxy", "-db", "-f", str(cfg)], PORTS["haproxy"]) as proc:
+        yield proc
+
+
+def _vproxy_argv(port: int, control: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "vproxy", "--log-level", "warning", "serve",
+            "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{PORTS['apache']}",
+            "--protocol", "http"]
+    return argv + (["--control", control] if control else [])
+
+
+def _wrk(port: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency",
+                          f"http://127.0.0.1:{port}{PATH}"],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    unit = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+
+    requests = re.search(r"(\d+) requests in", out)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if not requests or not rate:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return {"requests": int(requests.group(1)), "rps": float(rate.group(1)),
+            "p50_us": latency("50"), "p99_us": latency("99"), "errors": 1.0 if errors else 0.0}
+
+
+def _response_lengths() -> tuple[int, int]:
+    """Length of wrk's request and of Apache's keep-alive response to it (both fixed)."""
+    request = (f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{PORTS['apache']}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", PORTS["apache"]), 5) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += s.recv(65536)
+    # wrk's Host header names the port it connects to: same number of digits for every port
+    return len(request), len(head) + 4 + length
+
+
+class _Controller:
+    """Plays the healer for the guarded configuration, in a thread with its own trio loop.
+
+    It finds the gateway's connections to Apache as Apache sees them (``ss``), sends ``CONN`` for
+    each, and keeps ``WINDOW`` committed transactions announced ahead of each connection's progress
+    (estimated from the gateway's ``bytes_released``).
+    """
+
+    def __init__(self, control: str, req_len: int, resp_len: int) -> None:
+        self.control = control
+        self.req_len, self.resp_len = req_len, resp_len
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: trio.run(self._main), daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> _Controller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _apache_sockets(self) -> set[tuple[str, int, str, int]]:
+        out = subprocess.run(["ss", "-tnH", "state", "established",
+                              f"( sport = :{PORTS['apache']} )"],
+                             capture_output=True, text=True, timeout=10)
+        found = set()
+        for line in out.stdout.splitlines():
+            local, peer = line.split()[-2:]
+            lh, lp = local.rsplit(":", 1)
+            ph, pp = peer.rsplit(":", 1)
+            found.add((lh, int(lp), ph, int(pp)))
+        return found
+
+    async def _main(self) -> None:
+        try:
+            async with await ScriptedController.connect(self.control) as ctl:
+                await ctl.send(Guard())
+                await ctl.sync()
+                await self._loop(ctl)
+        except BaseException as exc:  # reported by the bench, never lost
+            self.error = exc
+
+    async def _loop(self, ctl: ScriptedController) -> None:
+        cids: dict[tuple[str, int, str, int], int] = {}
+        announced: dict[int, int] = {}  # cid -> responses announced
+        tx = 0
+        while not self._stop.is_set():
+            for key in self._apache_sockets() - set(cids):
+                cids[key] = len(cids) + 1
+                await ctl.send(Conn(cids[key], Endpoint(key[0], key[1]), Endpoint(key[2], key[3])))
+                announced[cids[key]] = 0
+            stats = await ctl.stats()
+            released = stats["bytes_released"]
+            assert isinstance(released, int)
+            done = released // self.resp_len // max(1, len(cids))
+            lines: list[Message] = []
+            for cid, n in announced.items():
+                if n - done < WINDOW // 2:
+                    for k in range(n, n + WINDOW):
+                        tx += 1
+                        lines += [Begin(tx, None),
+                                  Io(tx, cid, "in", k * self.req_len, (k + 1) * self.req_len),
+                                  Io(tx, cid, "out", k * self.resp_len, (k + 1) * self.resp_len),
+                                  Commit(tx)]
+                    announced[cid] = n + WINDOW
+            for i in range(0, len(lines), 400):
+                await ctl.send(*lines[i:i + 400])
+            await trio.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _target(name: str, workdir: Path, lengths: tuple[int, int]) -> Iterator[tuple[int, int | None]]:
+    """Start what configuration ``name`` needs; yields (port wrk uses, pid whose CPU counts)."""
+    if name == "direct":
+        yield PORTS["apache"], None
+    elif name == "haproxy":
+        with _haproxy(workdir) as proc:
+            yield PORTS["haproxy"], proc.pid
+    elif name == "vproxy-pass":
+        with _process(_vproxy_argv(PORTS[name], None), PORTS[name]) as proc:
+            yield PORTS[name], proc.pid
+    else:
+        control = str(workdir / "ctl.sock")
+        with _process(_vproxy_argv(PORTS[name], control), PORTS[name]) as proc:
+            while not os.path.exists(control + ".token"):
+                time.sleep(0.02)
+            with _Controller(control, *lengths) as ctl:
+                yield PORTS[name], proc.pid
+            if ctl.error is not None:
+                raise RuntimeError(f"guarded controller failed: {ctl.error!r}")
+
+
+def run(rounds: int, seconds: int, configs: list[str]) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    workdir = Path(tempfile.mkdtemp(prefix="sead-bench-proxy-"))
+    try:
+        with apache.running(port=PORTS["apache"], workers=0, keepalive_requests=1_000_000):
+            lengths = _response_lengths()
+            for r in range(rounds):
+                for name in configs:
+                    with _target(name, workdir, lengths) as (port, pid):
+                        _wrk(port, 1)  # warm-up: connections, caches
+                        cpu0 = _cpu(pid)
+                        res = _wrk(port, seconds)
+                        res["cpu_us_per_req"] = (_cpu(pid) - cpu0) * 1e6 / max(1, res["requests"])
+                    results[name].append(res)
+                    print(f"  round {r + 1} {name:15} {res['rps']:9.0f} req/s  p50 "
+                          f"{res['p50_us']:7.0f} us  p99 {res['p99_us']:7.0f} us  proxy CPU "
+                          f"{res['cpu_us_per_req']:5.1f} us/req", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    med = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+           for name, runs in results.items() if runs}
+    for stats in med.values():
+        for ref in ("direct", "haproxy"):
+            if ref in med:
+                stats[f"rps_vs_{ref}"] = stats["rps"] / med[ref]["rps"]
+    return med
+
+
+def print_table(med: dict[str, dict[str, float]]) -> None:
+    print(f"\n{'config':16}{'req/s':>9}{'vs direct':>11}{'vs haproxy':>12}{'p50 us':>9}"
+          f"{'p99 us':>9}{'CPU us/req':>12}")
+    for name, s in med.items():
+        cpu = f"{s['cpu_us_per_req']:.1f}" if name != "direct" else "-"
+        print(f"{name:16}{s['rps']:9.0f}{s.get('rps_vs_direct', 1):11.2f}"
+              f"{s.get('rps_vs_haproxy', float('nan')):12.2f}{s['p50_us']:9.0f}"
+              f"{s['p99_us']:9.0f}{cpu:>12}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    args = parser.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(sorted(unknown))}")
+    for tool in ("wrk", "haproxy", "ss"):
+        if shutil.which(tool) is None:
+            print(f"not available: {tool} is not installed", file=sys.stderr)
+            return 1
+    print(f"wrk -t1 -c8 keep-alive GET {PATH}, {args.rounds} rounds x {args.seconds} s, "
+          f"alternating {', '.join(configs)}")
+    med = summarize(run(args.rounds, args.seconds, configs))
+    print_table(med)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "proxy.json").write_text(json.dumps(med, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -91,7 +91,7 @@ def start_in_namespaces(servers: Servers, scenario: Scenario, topo: netns.Topolo
     servers.start("ledger", ledger_argv(scenario, LEDGER_PORT, opt=opt),
                   spawn=partial(netns.popen_in, topo.backend_ns))
     gw = servers.start("vproxy", gateway_argv(topo, control),
-                       spawn=partial(netns.popen_in, topo.gw_ns), wait_ready=False)
+                       spawn=partial(netns.popen_in, topo.gw_ns), ready=None)
     try:
         netns.wait_listening(topo.server_ns, topo.gw_server_addr, LEDGER_PORT, proc=gw.proc)
         netns.wait_listening(topo.client_ns, topo.gw_client_addr, FRONT_PORT, proc=gw.proc)

@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Started:
     proc: subprocess.Popen[bytes]
     port: int
     stderr: IO[bytes]
+    drainer: threading.Thread | None = None
 
     def exit_note(self) -> str | None:
         """``None`` while it runs, else how it ended (``payfront exited (SIGSEGV)``)."""
@@ -40,6 +42,33 @@ class Started:
             return None
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
         return f"{self.name} exited ({how})"
+
+
+def _ready_line(fd: int, word: bytes, timeout: float) -> bytes | None:
+    """The first stdout line containing ``word`` (``READY <port>`` for READY), or None."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            words = line.split()
+            if word == b"READY" and len(words) == 2 and words[0] == word and words[1].isdigit():
+                return line
+            if word != b"READY" and word in line:
+                return line
+        readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if readable else b""
+        if not chunk:
+            return None
+        buf += chunk
+    return None
+
+
+def _drain(src: int, log: int) -> None:
+    # Keeps reading stdout after the ready line into the log; ends when the program does.
+    with contextlib.suppress(OSError):
+        while chunk := os.read(src, 65536):
+            os.write(log, chunk)
 
 
 def _stderr_tail(f: IO[bytes]) -> str:
@@ -55,20 +84,21 @@ class Servers:
         self.started: list[Started] = []
 
     def start(self, name: str, argv: Sequence[str], *, spawn: Spawner = subprocess.Popen,
-              timeout: float = 10.0, wait_ready: bool = True) -> Started:
-        """Run ``argv`` and wait for its ``READY <port>`` line.
+              timeout: float = 10.0, ready: bytes | None = b"READY") -> Started:
+        """Run ``argv`` and wait until it prints its ready line.
 
         Args:
-            name: for messages ("ledger", "payfront", "vproxy").
+            name: for messages ("ledger", "payfront", "vproxy", "healer").
             argv: the command.
             spawn: ``subprocess.Popen`` or a compatible starter (``netns.popen_in`` bound to a
                 namespace).
-            timeout: seconds to wait for READY.
-            wait_ready: False for a program that prints no READY (port stays 0; the caller waits
-                for it to listen).
+            timeout: seconds to wait for the ready line.
+            ready: ``b"READY"`` waits for ``READY <port>`` (the port is kept); another word waits
+                for a stdout line containing it; None does not wait (the caller checks readiness).
+                Later stdout is drained into the stderr log, so a chatty program never blocks.
 
         Error handling:
-            ServerError if it cannot be executed, exits, or prints no READY in time.
+            ServerError if it cannot be executed, exits, or prints no ready line in time.
         """
         err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__, it outlives start()
         try:
@@ -78,27 +108,19 @@ class Servers:
             raise ServerError(f"cannot run {name} ({argv[0]}): {exc}") from None
         started = Started(name, proc, 0, err)
         self.started.append(started)
-        if not wait_ready:
-            return started
         assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = b""
-        while not line.endswith(b"\n") and time.monotonic() < deadline:
-            left = max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([proc.stdout], [], [], left)
-            if not ready:
-                break
-            chunk = os.read(proc.stdout.fileno(), 256)
-            if not chunk:
-                break
-            line += chunk
-        words = line.split()
-        if len(words) != 2 or words[0] != b"READY" or not words[1].isdigit():
+        out = proc.stdout.fileno()
+        line = _ready_line(out, ready, timeout) if ready is not None else b""
+        if ready is not None and line is None:
             proc.kill()
             proc.wait(timeout=5)
-            note = started.exit_note() or f"{name} printed no READY line in {timeout:g} s"
+            note = started.exit_note() or \
+                f"{name} printed no {ready.decode()} line in {timeout:g} s"
             raise ServerError(f"{name} did not start: {note}; stderr: {_stderr_tail(err)}")
-        started.port = int(words[1])
+        if ready == b"READY" and line is not None:
+            started.port = int(line.split()[1])
+        started.drainer = threading.Thread(target=_drain, args=(out, err.fileno()), daemon=True)
+        started.drainer.start()
         return started
 
     def notes(self) -> list[str]:
@@ -120,6 +142,8 @@ class Servers:
                 s.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 s.proc.wait(timeout=5)
+            if s.drainer is not None:
+                s.drainer.join(timeout=2)
             for f in (s.proc.stdout, s.stderr):
                 if f is not None:
                     f.close()

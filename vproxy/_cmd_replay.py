@@ -31,6 +31,7 @@ balances.
   vproxy replay tests/scenarios/basic.yaml
   vproxy replay -v tests/scenarios/*.yaml
   vproxy replay --namespaces tests/scenarios/basic.yaml    # through vproxy on both paths (root)
+  vproxy replay --namespaces --heal tests/scenarios/payfront.pol tests/scenarios/attacks.yaml
   vproxy replay --payfront-bin ./payfront-new tests/scenarios/recorded.yaml
   vproxy replay --front 127.0.0.1:7000 --ledger 127.0.0.1:7001 recorded.yaml
 
@@ -61,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run in fresh network namespaces with vproxy serve on payfront's "
                              "client and ledger paths (root); the report shows the gateway's "
                              "counters")
+    parser.add_argument("--heal", metavar="POLICY", type=Path,
+                        help="with --namespaces: attach the healer to payfront with this repair "
+                             "policy (supervising check_credentials and handle_transfer)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print the transcript of every failed conversation")
 
@@ -79,6 +83,8 @@ def _replay_in_namespaces(args: argparse.Namespace, scenario: sc.Scenario) -> sc
             tempfile.TemporaryDirectory(prefix="sead-replay-") as tmp, sc.Servers() as servers:
         layout = sc.start_in_namespaces(servers, scenario, topo, Path(tmp) / "ctl.sock",
                                         opt=args.opt, payfront_bin=args.payfront_bin)
+        if args.heal is not None:
+            sc.attach_healer(servers, layout, args.heal)
         assert layout.control is not None
         outcome = trio.run(partial(sc.run_scenario, scenario, layout.endpoints,
                                    counters=partial(sc.gateway_counters, layout.control)))
@@ -100,6 +106,11 @@ def replay_one(args: argparse.Namespace, scenario: sc.Scenario) -> sc.Outcome:
 def run(args: argparse.Namespace) -> int:
     if args.namespaces and args.front is not None:
         raise CliError("--namespaces starts its own servers: leave out --front/--ledger", 2)
+    if args.heal is not None and not args.namespaces:
+        raise CliError("--heal needs --namespaces (the healer pairs with that layout's gateway)", 2)
+    if args.heal is not None and not args.heal.is_file():
+        raise CliError(f"--heal {args.heal}: no such policy file (e.g. tests/scenarios/"
+                       "payfront.pol)", 2)
     if (args.front is None) != (args.ledger is None):
         raise CliError("--front and --ledger go together: give both addresses, or neither to "
                        "start local servers", status=2)

@@ -15,6 +15,7 @@ client or the ledger crosses vproxy. The runner audits the ledger from inside th
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,28 @@ async def gateway_counters(control: Path) -> dict[str, int]:
     async with ctl:
         data = await ctl.stats()
     return {k: int(data.get(k, 0)) for k in _COUNTERS}  # type: ignore[call-overload]
+
+
+def healer_argv(pid: int, control: Path, policy: Path, functions: Sequence[str]) -> list[str]:
+    """``healer attach`` supervising ``functions`` of payfront with the repair ``policy``."""
+    return [sys.executable, "-m", "healer", "attach", str(pid), "--control", str(control),
+            "--policy", str(policy), "--coverage", "list:" + ",".join(functions)]
+
+
+def attach_healer(servers: Servers, layout: Layout, policy: Path,
+                  functions: Sequence[str] = ("check_credentials", "handle_transfer"),
+                  timeout: float = 60.0) -> Started:
+    """Attach the healer to the layout's payfront; returns once it reports ``attached``.
+
+    The healer runs on the host: Frida reaches payfront by pid, and the agent inside payfront
+    reaches the gateway's control socket by its path (Unix sockets with a path are not bound to a
+    network namespace).
+
+    Error handling: ServerError if it exits or does not report attached within ``timeout``.
+    """
+    assert layout.control is not None, "the healer pairs with the gateway's control socket"
+    return servers.start("healer", healer_argv(layout.payfront.proc.pid, layout.control, policy,
+                                               functions), timeout=timeout, ready=b"attached")
 
 
 def ns_opener(ns: str, host: str, port: int) -> Opener:

@@ -79,3 +79,18 @@ async def test_planted_bugs_kill_an_unprotected_payfront(servers: sc.Servers, se
     assert any(n.startswith(f"payfront exited (signal {signal})") for n in notes), notes
     assert outcome.after.balances == outcome.before.balances
     assert outcome.money_conserved and outcome.after.pending == 0
+
+
+async def test_a_reply_line_nobody_expected_fails_the_conversation(servers: sc.Servers) -> None:
+    scenario = sc.parse(ACCOUNTS.format(name="stray") + """\
+  - name: pays
+    steps:
+      - send: LOGIN alice wonderland
+        expect: OK welcome alice
+      - send: XFER r1 bob 10
+        expect: RECEIPT r1 alice bob 10
+""", "stray.yaml")
+    outcome = await sc.run_scenario(scenario, sc.start_direct(servers, scenario))
+    [conv] = outcome.conversations
+    assert conv.failure is not None and "unexpected line after the last step" in conv.failure
+    assert "DONE r1 balance 90" in conv.failure and not outcome.passed

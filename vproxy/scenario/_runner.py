@@ -176,6 +176,8 @@ async def _converse(conv: Conversation, endpoints: Endpoints, timeout: float,
                 if extra:
                     raise _Mismatch(f"expected the server to close, got {extra[:80]!r} first")
             result.passed += 1
+        if not conv.steps[-1].closed:
+            await _no_stray_lines(lines)
     except _Mismatch as exc:
         result.failure = f"line {step_line}: {exc}"
         lg.debug("conversation failed", reason=result.failure)
@@ -187,6 +189,18 @@ async def _converse(conv: Conversation, endpoints: Endpoints, timeout: float,
 
 class _Mismatch(Exception):
     pass
+
+
+async def _no_stray_lines(lines: LineStream) -> None:
+    # A PING answered by the very next line proves nothing unexpected (a leaked partial reply,
+    # a gateway's replacement line) arrived after the last expected line.
+    await lines.send_line("PING")
+    try:
+        got = await lines.read_line()
+    except (PeerClosed, ReplyTimeout) as exc:
+        raise _Mismatch(f"after the last step, PING got no PONG: {exc}") from None
+    if got != "PONG":
+        raise _Mismatch(f"unexpected line after the last step: {got!r}")
 
 
 async def _settle(endpoints: Endpoints, timeout: float) -> LedgerState:

@@ -31,6 +31,7 @@ def _have(package: str, command: str) -> bool:
 def shm() -> Iterator[Path]:
     """wget's output on a tmpfs: on disk, writing and deleting 70 MB dominates the crawl."""
     path = Path(tempfile.mkdtemp(prefix="sead-test-", dir="/dev/shm"))
+    path.chmod(0o711)  # Apache's workers (www-data) reach the control socket inside
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -50,6 +51,7 @@ def test_manual_crosses_the_gateway_complete_and_byte_identical(
     with apache.running(host=topo.server_addr, port=8080, ns=topo.server_ns) as httpd, \
             netns.gateway(topo, listen=(topo.gw_client_addr, 80),
                           upstream=(topo.server_addr, 8080), control=control,
+                          extra=["--protocol", "http", "--control-user", "www-data"],
                           log=subprocess.DEVNULL):
         direct = _crawl(topo.server_ns, f"http://{topo.server_addr}:8080/manual/", shm / "d")
         before = len((httpd.root / "access.log").read_text().splitlines())

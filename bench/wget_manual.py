@@ -6,8 +6,9 @@ alternately (A B C ... A B C ...) so that drift on the shared machine hits them 
 
 - ``native``: through the gateway namespace's kernel routing (same links, no proxy);
 - ``haproxy-tcp``: haproxy in TCP mode, one thread (the reference proxy);
-- ``vproxy-pass``: ``vproxy serve`` with no healer (pass-through);
-- ``vproxy-none|cosak|all``: ``vproxy serve --control`` with ``healer attach --coverage X``.
+- ``vproxy-pass``: ``vproxy serve --protocol http --control ..`` with no healer paired
+  (pass-through);
+- ``vproxy-none|cosak|all``: the same gateway with ``healer attach --coverage X`` paired.
 
 Prints a table like the paper's (seconds, ms per request, slowdown), writes
 ``bench/results/wget_manual.json`` and ``.png``, and the time ``healer attach`` takes on a running
@@ -40,7 +41,9 @@ from targets import apache
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("native", "haproxy-tcp", "vproxy-pass", "vproxy-none", "vproxy-cosak", "vproxy-all")
-PORTS = {"haproxy-tcp": 8081, "vproxy-pass": 8082, "vproxy-guarded": 8083}
+GUARDED = ("vproxy-none", "vproxy-cosak", "vproxy-all")
+PORTS = {"haproxy-tcp": 8081, "vproxy": 8082}
+VPROXY_FLAGS = ("--protocol", "http", "--control-user", "www-data")
 APACHE_PORT = 8080
 PAPER = "Apache 2.0.53: 74.85% slowdown under STEM; 2.2.4: 72.54% (~4100 files, ~72 MB)"
 
@@ -143,14 +146,15 @@ listen manual
 
 
 @contextlib.contextmanager
-def _vproxy(topo: netns.Topology, port: int, control: Path | None,
+def _vproxy(topo: netns.Topology, port: int, control: Path,
             log: Path) -> Iterator[tuple[str, int | None]]:
     if not _command_exists("vproxy", "serve"):
         raise NotAvailable("`vproxy serve` does not exist yet")
     listen = (topo.gw_client_addr, port)
     with open(log, "ab") as out, netns.gateway(topo, listen=listen,
                                               upstream=(topo.server_addr, APACHE_PORT),
-                                              control=control, log=out) as gw:
+                                              control=control, extra=VPROXY_FLAGS,
+                                              log=out) as gw:
         yield f"http://{listen[0]}:{listen[1]}/manual/", gw.proc.pid
 
 
@@ -183,23 +187,34 @@ def _healer(pid: int, coverage: str, control: Path, log: Path) -> Iterator[float
                 proc.wait(5)
 
 
+def _server(name: str) -> str:
+    """Which running thing a configuration crawls: native, haproxy-tcp or the one vproxy."""
+    return "vproxy" if name.startswith("vproxy-") else name
+
+
+def _coverage(name: str) -> str | None:
+    """The healer coverage of a guarded configuration (None: no healer)."""
+    return name.removeprefix("vproxy-") if name in GUARDED else None
+
+
 def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
            urls: dict[str, tuple[str, int | None]],
            control: Path, work: Path) -> None:
     out = work / "wget"
-    if not cfg.name.startswith("vproxy-") or cfg.name == "vproxy-pass":
-        cfg.crawls.append(_crawl(topo, httpd, urls[cfg.name], out))
+    coverage = _coverage(cfg.name)
+    if coverage is None:
+        cfg.crawls.append(_crawl(topo, httpd, urls[_server(cfg.name)], out))
         return
-    coverage = cfg.name.removeprefix("vproxy-")
     with _healer(httpd.pid, coverage, control, work / "healer.log") as attach:
         cfg.attach_seconds.append(attach)
-        cfg.crawls.append(_crawl(topo, httpd, urls["vproxy-guarded"], out))
+        cfg.crawls.append(_crawl(topo, httpd, urls["vproxy"], out))
 
 
 def run(names: list[str], rounds: int) -> tuple[list[Config], dict[str, Any]]:
     """Measure ``names`` for ``rounds`` alternating rounds; returns configs and facts."""
     configs = [Config(n) for n in names]
     work = Path(tempfile.mkdtemp(prefix="sead-wget-", dir="/dev/shm"))
+    work.chmod(0o711)  # the agent in Apache (www-data) connects to the control socket inside
     facts: dict[str, Any] = {}
     try:
         with contextlib.ExitStack() as stack:
@@ -214,14 +229,10 @@ def run(names: list[str], rounds: int) -> tuple[list[Config], dict[str, Any]]:
                 "native": (f"http://{topo.server_addr}:{APACHE_PORT}/manual/", None)}
             starters = {
                 "haproxy-tcp": lambda: _haproxy(topo, work),
-                "vproxy-pass": lambda: _vproxy(topo, PORTS["vproxy-pass"], None,
-                                               work / "vproxy-pass.log"),
-                "vproxy-guarded": lambda: _vproxy(topo, PORTS["vproxy-guarded"], control,
-                                                  work / "vproxy-guarded.log"),
+                "vproxy": lambda: _vproxy(topo, PORTS["vproxy"], control, work / "vproxy.log"),
             }
-            guarded = [c for c in configs if c.name in ("vproxy-none", "vproxy-cosak",
-                                                        "vproxy-all")]
-            wanted = {c.name for c in configs} | ({"vproxy-guarded"} if guarded else set())
+            guarded = [c for c in configs if c.name in GUARDED]
+            wanted = {_server(c.name) for c in configs}
             reasons: dict[str, str] = {}
             for key, starter in starters.items():
                 if key in wanted:
@@ -229,11 +240,11 @@ def run(names: list[str], rounds: int) -> tuple[list[Config], dict[str, Any]]:
                         urls[key] = stack.enter_context(starter())
                     except (NotAvailable, netns.NetnsError) as exc:
                         reasons[key] = str(exc)
-            if guarded and "vproxy-guarded" not in reasons and \
-                    not _command_exists("healer", "attach"):
-                reasons["vproxy-guarded"] = "`healer attach` does not exist yet"
+            if guarded and "vproxy" not in reasons and not _command_exists("healer", "attach"):
+                reasons["healer"] = "`healer attach` does not exist yet"
             for c in configs:
-                c.reason = reasons.get("vproxy-guarded" if c in guarded else c.name, "")
+                c.reason = reasons.get(_server(c.name), "") or \
+                    (reasons.get("healer", "") if c in guarded else "")
             _crawl(topo, httpd, urls["native"], work / "wget")  # warm the page cache
             for _ in range(rounds):
                 for c in configs:

@@ -42,6 +42,7 @@ def main() -> int:
     print("sead demo: a native server (Debian's Apache httpd) behind the self-healing gateway.")
     print("Nothing is changed outside the namespaces and temp files this demo creates and removes.")
     work = Path(tempfile.mkdtemp(prefix="sead-demo-", dir="/dev/shm"))
+    work.chmod(0o711)  # Apache's workers (www-data) reach the control socket inside
     healed = False
     try:
         with contextlib.ExitStack() as stack:

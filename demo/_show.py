@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ class Narrator:
     def step(self, title: str, why: str) -> None:
         self.step_no += 1
         print(f"\n{_paint(f'[{self.step_no}/{self.total}]', '1;36')} {_paint(title, '1')}")
-        print(f"      {why}")
+        print(textwrap.fill(why, width=100, initial_indent="      ", subsequent_indent="      "))
         self._title = title
 
     def detail(self, text: str) -> None:

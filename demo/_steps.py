@@ -115,6 +115,7 @@ def run(show: Narrator, stack: contextlib.ExitStack, work: Path) -> bool:
     vlog = stack.enter_context(open(work / "vproxy.log", "wb"))  # noqa: SIM115
     stack.enter_context(netns.gateway(topo, listen=(topo.gw_client_addr, 80),
                                       upstream=(topo.server_addr, 8080), control=control,
+                                      extra=["--protocol", "http", "--control-user", "www-data"],
                                       log=vlog))
     show.ok(f"vproxy listening on {topo.gw_client_addr}:80, control socket {control}")
 

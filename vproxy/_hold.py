@@ -163,8 +163,10 @@ class OutHold:
             hold_times.append(now - arrivals.popleft()[1])
         if arrivals and not self.buf:
             arrivals.clear()
-        while self.ranges and self.ranges[0].end <= pos:
-            self.ranges.pop(0)
+        ranges, k = self.ranges, 0
+        while k < len(ranges) and ranges[k].end <= pos:
+            k += 1
+        del ranges[:k]
 
 
 class InKeep:

@@ -208,10 +208,13 @@ class Link:
                 continue
             if hold is None:
                 hold = self.holding()
-            hold.feed(view[:n], time.monotonic())
+            now = time.monotonic()
+            hold.feed(view[:n], now)
             self.out_offset += n
             stats.bytes_held += n
-            self._wake.set()
+            await self._flush(peer, hold, now)  # commits often precede the bytes: no wake-up
+            if hold.buf:
+                self._wake.set()  # still held: the writer re-arms its hold-ms deadline
             while len(hold.buf) > limit and self.hold is hold:
                 self._drained = trio.Event()
                 await self._drained.wait()
@@ -274,8 +277,7 @@ class Link:
     # --- writer: held output to the peer -------------------------------------------------------
 
     async def _writer(self, peer: socket.socket) -> None:
-        gateway = self.gateway
-        config, stats = gateway.config, gateway.stats
+        config = self.gateway.config
         while True:
             hold = self.hold
             deadline = INFINITY if hold is None or hold.held_since is None \
@@ -285,22 +287,27 @@ class Link:
             self._wake = trio.Event()
             hold = self.hold
             if hold is not None:
-                now = time.monotonic()
-                items, released, discarded = hold.pump(now, stats.hold_times)
-                stats.bytes_released += released
-                stats.bytes_discarded += discarded
-                if items:
-                    await self._deliver(peer, items)
-                if hold.buf and (len(hold.buf) > config.hold_bytes or
-                                 now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
-                    await self._bound(peer, hold, now)
-                stats.trim()
-                self._drained.set()
-                if not gateway.guarded and not hold.pending():
-                    self.hold = None
+                await self._flush(peer, hold, time.monotonic())
             if self._server_eof and (self.hold is None or not self.hold.pending()):
                 _sockio.shutdown_write(peer)
                 return
+
+    async def _flush(self, peer: socket.socket, hold: OutHold, now: float) -> None:
+        """Send what the hold releases now, apply marks and bounds."""
+        gateway = self.gateway
+        config, stats = gateway.config, gateway.stats
+        items, released, discarded = hold.pump(now, stats.hold_times)
+        stats.bytes_released += released
+        stats.bytes_discarded += discarded
+        if items:
+            await self._deliver(peer, items)
+        if hold.buf and (len(hold.buf) > config.hold_bytes or
+                         now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
+            await self._bound(peer, hold, now)
+        stats.trim()
+        self._drained.set()
+        if not gateway.guarded and not hold.pending() and self.hold is hold:
+            self.hold = None
 
     async def _deliver(self, peer: socket.socket, items: list[bytes | Mark]) -> None:
         async with self._to_peer_lock:

@@ -17,12 +17,14 @@ _FAIR_EVERY = 16
 
 
 class Yielder:
-    """Counts operations that did not wait and yields to the scheduler every ``_FAIR_EVERY``."""
+    """Per-direction pacing: yields to the scheduler every ``_FAIR_EVERY`` operations that did not
+    wait, and remembers whether the last receive filled its buffer (more is probably queued)."""
 
-    __slots__ = ("_n",)
+    __slots__ = ("_n", "eager")
 
     def __init__(self) -> None:
         self._n = 0
+        self.eager = False
 
     async def tick(self) -> None:
         self._n += 1
@@ -32,14 +34,23 @@ class Yielder:
 
 
 async def recv_into(sock: socket.socket, buf: bytearray | memoryview, fair: Yielder) -> int:
-    """Receive into ``buf``; returns the byte count (0 at EOF). OSError propagates."""
+    """Receive into ``buf``; returns the byte count (0 at EOF). OSError propagates.
+
+    In request/response traffic the socket is empty right after the previous message, so a
+    receive attempted first would only return EAGAIN: wait for readability first, unless the last
+    receive filled the buffer (bulk transfer: more is queued and waiting would cost a wake-up).
+    """
+    if not fair.eager:
+        await trio.lowlevel.wait_readable(sock)
     while True:
         try:
             n = sock.recv_into(buf)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(sock)
             continue
-        await fair.tick()
+        fair.eager = n == len(buf)
+        if fair.eager:
+            await fair.tick()
         return n
 
 

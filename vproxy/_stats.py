@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Final
 
-_RESERVOIR: Final = 20_000
+_RESERVOIR: Final = 4096
 
 
 @dataclass(slots=True)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _TTY = sys.stdout.isatty()
+#: words that mark the log lines of a heal (healer and gateway logs)
+LOG_WORDS = ("abort", "heal", "virtualiz", "rollback", "replace", "fault", "inject")
 
 
 def _paint(text: str, code: str) -> str:

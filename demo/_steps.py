@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import netns
+from demo import _login
 from demo._show import Narrator, quote
 from targets import apache
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("layout", "apache", "gateway", "request", "attach", "attack", "still serving")
-LOG_WORDS = ("abort", "heal", "virtualiz", "rollback", "replace", "fault", "inject")
 APACHE_WORKERS = 2
 
 
@@ -133,17 +133,9 @@ def run(show: Narrator, stack: contextlib.ExitStack, work: Path) -> bool:
 
 def _heal(show: Narrator, stack: contextlib.ExitStack, work: Path, topo: netns.Topology,
           httpd: apache.Apache, control: Path, vlog: IO[bytes]) -> bool:
-    show.step("Attach the healer to the running Apache",
-              "healer attach --follow-children injects the Frida agent into the parent and every "
-              "worker; supervised functions now run as transactions.")
     if not have("healer", "attach"):
+        show.step("Attach the healer", "healer attach injects the Frida agent.")
         show.skipped("`healer attach` has not landed in this checkout yet")
         return False
     hlog = stack.enter_context(open(work / "healer.log", "wb"))  # noqa: SIM115
-    stack.enter_context(healer_attached(httpd.pid, control, hlog, "--follow-children",
-                                        "--coverage", "cosak"))
-    show.ok(f"agent live in pids {[httpd.pid, *httpd.worker_pids()]}")
-    show.step("Attack: a request faults inside a supervised function",
-              "Not wired yet.")
-    show.skipped("the heal step is not wired yet")
-    return False
+    return _login.heal(show, stack, work, topo, healer_attached, hlog)

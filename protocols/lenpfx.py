@@ -113,6 +113,11 @@ class LengthPrefixFramer:
             return
         self._queue.append(bytes(data))
 
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet framed: what this framer holds in memory right now."""
+        return sum(map(len, self._queue))
+
     def next_event(self) -> FrameEvent | NeedData:
         """The next event, or NEED_DATA until more bytes arrive.
 

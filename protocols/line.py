@@ -102,6 +102,11 @@ class LineFramer:
             self._eof = True
         self._buf += data
 
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet framed: what this framer holds in memory right now."""
+        return len(self._buf)
+
     def next_event(self) -> LineEvent | NeedData:
         """The next event, or NEED_DATA until more bytes arrive.
 

@@ -4,11 +4,17 @@ except in the end-to-end test, which starts and kills its own server)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from protocols._framing import NEED_DATA
+from protocols.http import (
+    H11RequestFramer,
+    H11ResponseFramer,
+    RequestFramer,
+    ResponseFramer,
+)
 
 # Every drain loop is bounded: a framer that never returned NEED_DATA would fail, not hang.
 MAX_EVENTS_PER_DRAIN = 100_000
@@ -38,3 +44,19 @@ def drain_chunks(framer: Any, chunks: Iterable[bytes],
 @pytest.fixture(scope="session")
 def drain() -> Callable[..., list[Any]]:
     return drain_chunks
+
+
+class Engine(NamedTuple):
+    """One HTTP engine's pair of framers."""
+
+    name: str
+    Request: type
+    Response: type
+
+
+@pytest.fixture(scope="session", params=[Engine("llhttp", RequestFramer, ResponseFramer),
+                                         Engine("h11", H11RequestFramer, H11ResponseFramer)],
+                ids=lambda e: e.name)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Every HTTP test runs against both engines (session scope: usable with hypothesis)."""
+    return request.param  # type: ignore[no-any-return]

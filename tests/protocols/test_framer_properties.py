@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import ProtocolError
-from protocols.http import InterimResponse, RequestFramer, ResponseFramer
+from protocols.http import (
+    H11RequestFramer,
+    H11ResponseFramer,
+    InterimResponse,
+    RequestFramer,
+    ResponseFramer,
+)
 from protocols.lenpfx import LengthPrefixFramer, MessageEnd, MessageStart, StreamEnd, error_frame
 from protocols.line import LineFramer
 
@@ -110,8 +116,8 @@ def _spans(events: list[object]) -> list[tuple[int, int]]:
     return list(zip(starts, ends, strict=True))
 
 
-def _responses(methods: list[str]) -> ResponseFramer:
-    framer = ResponseFramer()
+def _responses(engine, methods: list[str], **limits: int):
+    framer = engine.Response(**limits)
     for method in methods:
         framer.expect(method)
     return framer
@@ -119,40 +125,41 @@ def _responses(methods: list[str]) -> ResponseFramer:
 
 @PROPS
 @given(request_streams(), cuts_st)
-def test_requests_are_framed_where_they_were_put_for_any_split(drain, built, cuts) -> None:
-    whole = drain(RequestFramer(), [built.stream, b""])
+def test_requests_are_framed_where_they_were_put_for_any_split(engine, drain, built,
+                                                               cuts) -> None:
+    whole = drain(engine.Request(), [built.stream, b""])
     assert _spans(whole) == built.spans
     assert [e.info.method for e in whole if isinstance(e, MessageStart)] == built.methods
     assert whole[-1] == StreamEnd(len(built.stream))
-    assert drain(RequestFramer(), [*split(built.stream, cuts), b""]) == whole
+    assert drain(engine.Request(), [*split(built.stream, cuts), b""]) == whole
 
 
 @PROPS
 @given(response_streams(), cuts_st)
-def test_responses_are_framed_where_they_were_put_for_any_split(drain, built, cuts) -> None:
-    whole = drain(_responses(built.methods), [built.stream, b""])
+def test_responses_are_framed_where_they_were_put_for_any_split(engine, drain, built,
+                                                                cuts) -> None:
+    whole = drain(_responses(engine, built.methods), [built.stream, b""])
     assert _spans(whole) == built.spans
     assert [(e.offset, e.end) for e in whole if isinstance(e, InterimResponse)] == built.interims
-    assert drain(_responses(built.methods), [*split(built.stream, cuts), b""]) == whole
+    assert drain(_responses(engine, built.methods), [*split(built.stream, cuts), b""]) == whole
 
 
 @settings(PROPS, max_examples=25)
 @given(request_streams(), response_streams())
-def test_byte_at_a_time_equals_one_shot(drain, requests, responses) -> None:
-    for make, stream in ((RequestFramer, requests.stream),
-                         (lambda: _responses(responses.methods), responses.stream)):
+def test_byte_at_a_time_equals_one_shot(engine, drain, requests, responses) -> None:
+    for make, stream in ((engine.Request, requests.stream),
+                         (lambda: _responses(engine, responses.methods), responses.stream)):
         whole = drain(make(), [stream, b""])
         assert drain(make(), [*(stream[i:i + 1] for i in range(len(stream))), b""]) == whole
 
 
-def _bounded_garbage_run(drain, framer, chunks: list[bytes], limit: int,
-                         buffered: object) -> None:
+def _bounded_garbage_run(drain, framer, chunks: list[bytes], limit: int) -> None:
     """Feed ``chunks`` then EOF: each step must end in events, NEED_DATA or a ProtocolError, and
     the framer may never hold more than ``limit`` bytes."""
     try:
         for chunk in [*chunks, b""]:
             drain(framer, [chunk])
-            assert buffered(framer) <= limit  # type: ignore[operator]
+            assert framer.buffered <= limit
     except ProtocolError as exc:
         assert exc.side in ("client", "server") and exc.offset >= 0
 
@@ -172,10 +179,9 @@ edits_st = st.lists(st.tuples(st.integers(0, 1 << 16), st.binary(max_size=4)), m
 @given(st.one_of(st.binary(max_size=2000),
                  st.builds(_mutate, request_streams().map(lambda b: b.stream), edits_st)),
        cuts_st)
-def test_garbage_requests_raise_or_wait_never_hang_or_hoard(drain, data, cuts) -> None:
-    framer = RequestFramer(max_head=256, max_buffer=1024)
-    _bounded_garbage_run(drain, framer, split(data, cuts), 1024,
-                         lambda f: len(f._conn._receive_buffer))
+def test_garbage_requests_raise_or_wait_never_hang_or_hoard(engine, drain, data, cuts) -> None:
+    framer = engine.Request(max_head=256, max_buffer=1024)
+    _bounded_garbage_run(drain, framer, split(data, cuts), 1024)
 
 
 @PROPS
@@ -183,13 +189,10 @@ def test_garbage_requests_raise_or_wait_never_hang_or_hoard(drain, data, cuts) -
                  st.builds(lambda b, e: (b.methods, _mutate(b.stream, e)), response_streams(),
                            edits_st)),
        cuts_st)
-def test_garbage_responses_raise_or_wait_never_hang_or_hoard(drain, data, cuts) -> None:
+def test_garbage_responses_raise_or_wait_never_hang_or_hoard(engine, drain, data, cuts) -> None:
     methods, data = data if isinstance(data, tuple) else (["GET"] * 3, data)
-    framer = ResponseFramer(max_head=256, max_buffer=1024)
-    for method in methods:
-        framer.expect(method)
-    _bounded_garbage_run(drain, framer, split(data, cuts), 1024,
-                         lambda f: len(f._conn._receive_buffer))
+    framer = _responses(engine, methods, max_head=256, max_buffer=1024)
+    _bounded_garbage_run(drain, framer, split(data, cuts), 1024)
 
 
 lines_st = st.lists(st.tuples(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),
@@ -214,8 +217,7 @@ def test_lines_for_any_split(drain, lines, cuts) -> None:
 @PROPS
 @given(st.binary(max_size=600), cuts_st)
 def test_garbage_lines_raise_or_wait_within_the_limit(drain, data, cuts) -> None:
-    _bounded_garbage_run(drain, LineFramer(max_length=40), split(data, cuts), 40 + 1,
-                         lambda f: len(f._buf))
+    _bounded_garbage_run(drain, LineFramer(max_length=40), split(data, cuts), 40 + 1)
 
 
 @PROPS
@@ -238,5 +240,17 @@ def test_frames_for_any_split(drain, width, order, payloads, cuts) -> None:
 def test_garbage_frames_raise_or_wait_and_hold_no_payload(drain, width, data, cuts) -> None:
     framer = LengthPrefixFramer(width=width, max_frame=100)
     # after a drain nothing waits in the queue: prefixes are read, payload only counted
-    _bounded_garbage_run(drain, framer, split(data, cuts), 0,
-                         lambda f: sum(map(len, f._queue)))
+    _bounded_garbage_run(drain, framer, split(data, cuts), 0)
+
+
+@settings(PROPS, max_examples=100)
+@given(request_streams(), response_streams())
+def test_both_engines_agree_on_every_boundary(drain, requests, responses) -> None:
+    """llhttp (the default) and h11 (pure Python, stricter) frame valid streams identically."""
+    assert (drain(RequestFramer(), [requests.stream, b""])
+            == drain(H11RequestFramer(), [requests.stream, b""]))
+    llhttp, h11 = ResponseFramer(), H11ResponseFramer()
+    for method in responses.methods:
+        llhttp.expect(method)
+        h11.expect(method)
+    assert drain(llhttp, [responses.stream, b""]) == drain(h11, [responses.stream, b""])

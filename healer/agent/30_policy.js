@@ -316,9 +316,13 @@
     return failed === null ? null : { reason: `ivp ${failed.ivp} failed: (${failed.check})` };
   }
 
-  // Swap atomically: the new policy is prepared completely before it replaces the old one.
+  // Swap atomically: the new policy is prepared completely before it replaces the old one. The
+  // core's reload passes the whole merged config: the same compiled policy again is not a change.
   function install(config, reloading) {
     if (!config || config.policy === undefined) return;
+    const same = active !== null && config.policy !== null && typeof config.policy === 'object'
+      && config.policy.sha256 === active.sha256 && config.policy.source === active.source;
+    if (same) return;
     try {
       const next = config.policy === null ? null : load(config.policy);
       active = next;

@@ -105,3 +105,22 @@ def harness(login_session) -> Iterator[Callable[[], Harness]]:
     yield make
     for h in made:
         h.unload()
+
+
+def read_global(pid: int, exe: Path, name: str, size: int) -> bytes:
+    """Bytes of global ``name`` in process ``pid``, read through /proc (no Frida: an independent
+    observer of what the agent left in memory)."""
+    from healer.policy._symbols import read_symbols
+
+    offset = read_symbols(exe)[name].address
+    base = None
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and Path(fields[5]) == exe and fields[2] == "00000000":
+                base = int(fields[0].split("-")[0], 16)
+                break
+    assert base is not None, f"{exe} is not mapped in pid {pid}"
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(base + offset)
+        return mem.read(size)

@@ -145,6 +145,9 @@ def test_reload_swaps_the_policy_and_refuses_an_invalid_one(harness, login_exe):
     other = compile_text("rp One := ('rvalue = 1);\ntp check_credentials :=: &One;", "one.pol")
     assert h.api.reload({"policy": other}) is None
     assert h.api.heal(CHECK, "SIGSEGV")["value"] == "1"
+    # the core's reload passes the merged config: the unchanged policy is not prepared again
+    assert h.api.reload({"policy": other, "coverage": {"mode": "all"}}) is None
+    assert len(h.logs("policy-loaded")) == 2
     # names a symbol the process lacks: compiled without --binary, refused by the agent
     broken = compile_text("rp Two := (no_such_global = 2);\ntp check_credentials :=: &Two;",
                           "broken.pol")

@@ -187,6 +187,31 @@ def _healer(pid: int, coverage: str, control: Path, log: Path) -> Iterator[float
                 proc.wait(5)
 
 
+def _profile(topo: netns.Topology, httpd: apache.Apache, target: tuple[str, int | None],
+             work: Path, top: int = 12) -> list[tuple[str, float]]:
+    """One crawl with py-spy sampling the gateway: its leaf functions by share of busy samples."""
+    _url, pid = target
+    raw = work / "pyspy.txt"
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                            str(pid), "--format", "raw", "--rate", "250", "--nonblocking",
+                            "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        _crawl(topo, httpd, target, work / "wget")
+    finally:
+        spy.send_signal(2)
+        spy.wait(30)
+    leaves: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in raw.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            leaf = stack.rsplit(";", 1)[-1]
+            leaves[leaf] = leaves.get(leaf, 0) + int(count)
+    total = sum(leaves.values()) or 1
+    return [(leaf, round(100 * n / total, 1))
+            for leaf, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:top]]
+
+
 def _server(name: str) -> str:
     """Which running thing a configuration crawls: native, haproxy-tcp or the one vproxy."""
     return "vproxy" if name.startswith("vproxy-") else name
@@ -210,8 +235,12 @@ def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
         cfg.crawls.append(_crawl(topo, httpd, urls["vproxy"], out))
 
 
-def run(names: list[str], rounds: int) -> tuple[list[Config], dict[str, Any]]:
-    """Measure ``names`` for ``rounds`` alternating rounds; returns configs and facts."""
+def run(names: list[str], rounds: int,
+        profile: bool = False) -> tuple[list[Config], dict[str, Any]]:
+    """Measure ``names`` for ``rounds`` alternating rounds; returns configs and facts.
+
+    With ``profile``, one more crawl through vproxy (no healer) under py-spy: ``facts`` gets the
+    gateway's hottest leaf functions."""
     configs = [Config(n) for n in names]
     work = Path(tempfile.mkdtemp(prefix="sead-wget-", dir="/dev/shm"))
     work.chmod(0o711)  # the agent in Apache (www-data) connects to the control socket inside
@@ -254,6 +283,9 @@ def run(names: list[str], rounds: int) -> tuple[list[Config], dict[str, Any]]:
                         _round(c, topo, httpd, urls, control, work)
                     except (NotAvailable, netns.NetnsError) as exc:
                         c.reason = str(exc)
+            if profile and "vproxy" in urls:
+                facts["vproxy_pass_profile_leaf_percent"] = _profile(topo, httpd,
+                                                                     urls["vproxy"], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return configs, facts
@@ -310,6 +342,8 @@ def print_table(summary: dict[str, Any]) -> None:
               f"{e['apache_cpu_us_per_request']:>13.0f} {proxy:>12} "
               f"{attach:>8}{flag}")
     print(f"paper: {summary['paper']}")
+    for leaf, percent in summary.get("vproxy_pass_profile_leaf_percent", []):
+        print(f"  vproxy pass-through, py-spy leaf {percent:5.1f}%  {leaf}")
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -344,6 +378,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more crawl through vproxy under py-spy; print where it spends "
+                        "its time")
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
     if unknown := set(names) - set(CONFIGS):
@@ -352,7 +389,7 @@ def main(argv: list[str]) -> int:
         print("wget_manual: needs root (network namespaces): run it as root", file=sys.stderr)
         return 1
     try:
-        configs, facts = run(names, args.rounds)
+        configs, facts = run(names, args.rounds, args.profile)
     except (netns.NetnsError, apache.ApacheError) as exc:
         print(f"wget_manual: {exc}", file=sys.stderr)
         return 1

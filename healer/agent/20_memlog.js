@@ -1,0 +1,268 @@
+// The memory log and rollback (Sead.memlog), STEM section 3.3.1, with gradual commits (section 5).
+//
+// A thread is followed by Stalker once, on its first supervised call, and stays followed: follow/
+// unfollow per call re-translates every block (~1.75 ms a call). Logging is gated per thread: the
+// gate is on only while a supervised transaction is open, and it is switched from the core's hooks,
+// which run in Frida's own (excluded, hence native) code, so Frida's writes are never logged.
+// Every instruction with a memory destination gets a C callout (memlog.c) that copies the bytes it
+// is about to overwrite into the thread's preallocated log, unless they lie on the thread's own
+// stack below the innermost transaction's entry sp (that frame dies with the virtualized return).
+// A transaction's marker is the log length at its entry; rollback undoes back to it, newest first.
+
+const _memlogModule = (function () {
+  const DESC_REP = 1;
+  const DESC_FS = 2;
+  const DESC_ADDR32 = 4;
+  const DESC_MASKED = 8;
+  const DESC_SIZE = 24;              // struct _StoreDesc
+  const DESC_SLAB = 64 * 1024;
+  const LOG_STRUCT = 13 * 8;         // struct _MemLog
+  const F = { buf: 0, cap: 8, len: 16, on: 24, skipLo: 32, skipHi: 40, fsBase: 48, logged: 56,
+    loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96 };
+
+  // Register numbers understood by reg_value() in memlog.c.
+  const REGS = {};
+  ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'rsp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13',
+    'r14', 'r15'].forEach((r, i) => { REGS[r] = i + 1; });
+  const REGS32 = {};
+  ['eax', 'ebx', 'ecx', 'edx', 'esi', 'edi', 'ebp', 'esp', 'r8d', 'r9d', 'r10d', 'r11d', 'r12d',
+    'r13d', 'r14d', 'r15d'].forEach((r, i) => { REGS32[r] = i + 1; });
+
+  // Instructions whose first memory operand is read, not written (or not accessed at all).
+  // Capstone's access flags cannot be trusted for vector stores (it marks `movups [rdi], xmm0` and
+  // AVX-512 `vmovdqu64 [rdi], zmm16` as reads), so operand 0 counts as written unless listed here.
+  const NOT_A_STORE = /^(lea|nop|prefetch|clflush|clwb|clde|endbr|bnd|cmp(?!xchg)|test|push|jmp|j[a-z]+$|call|bt$|v?u?comis|v?ptest|fld|fild|fi?u?com|fnstenv|frstor|fxrstor|xrstor|v?ldmxcsr|lgdt|lidt|verr|verw|ptwrite)/;
+
+  let cm = null;
+  let config = {};
+  let logBytes = 4 * 1024 * 1024;
+  const threads = new Map();   // threadId -> {log, markers: [{tx, pos, skipHi}], descs: Map}
+  let slab = null;
+  let slabUsed = DESC_SLAB;
+  const slabs = [];            // keeps every slab alive (Memory.alloc frees on GC)
+  let unsupported = 0;         // stores the log cannot address (gs:, vector-indexed scatter)
+
+  function load() {
+    if (cm !== null) return;
+    const libc = Process.getModuleByName('libc.so.6');
+    cm = new CModule(CSOURCE['memlog.c'], {
+      memlog_process_vm_readv: libc.getExportByName('process_vm_readv'),
+      memlog_getpid: libc.getExportByName('getpid'),
+    });
+    cm._rollback = new NativeFunction(cm.memlog_rollback, 'uint64', ['pointer', 'uint64'],
+      { exceptions: 'propagate' });
+    cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
+    excludeFrida();
+  }
+
+  // Frida's agent is mapped from a memfd and hidden from enumerateModules(); its code must run
+  // natively (it is where the hooks' JavaScript and the exception handler execute).
+  function excludeFrida() {
+    const maps = File.readAllText('/proc/self/maps').split('\n');
+    for (const line of maps) {
+      const fields = line.split(/\s+/);
+      if (!/frida-agent/.test(line) || fields[1][2] !== 'x') continue;
+      const [lo, hi] = line.split(' ')[0].split('-').map(x => ptr('0x' + x));
+      Stalker.exclude({ base: lo, size: hi.sub(lo).toUInt32() });
+    }
+  }
+
+  function stackLow(sp) {
+    for (const line of File.readAllText('/proc/self/maps').split('\n')) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (m === null) continue;
+      const lo = ptr('0x' + m[1]);
+      const hi = ptr('0x' + m[2]);
+      if (sp.compare(lo) >= 0 && sp.compare(hi) < 0) {
+        // The main stack grows down into the gap below its current mapping.
+        return m[3] === '[stack]' ? lo.sub(64 * 1024 * 1024) : lo;
+      }
+    }
+    return sp.sub(8 * 1024 * 1024);
+  }
+
+  function allocDesc() {
+    if (slabUsed + DESC_SIZE > DESC_SLAB) {
+      slab = Memory.alloc(DESC_SLAB);
+      slabs.push(slab);
+      slabUsed = 0;
+    }
+    const d = slab.add(slabUsed);
+    slabUsed += DESC_SIZE;
+    return d;
+  }
+
+  function regNumber(name) {
+    if (name === undefined) return [0, false];
+    if (REGS[name] !== undefined) return [REGS[name], false];
+    if (REGS32[name] !== undefined) return [REGS32[name], true];
+    return [-1, false];
+  }
+
+  // The store descriptor of one instruction, or null if it writes no memory we log.
+  function describe(insn, st) {
+    const ops = insn.operands;
+    if (ops.length === 0) return null;
+    let op = null;
+    if (ops[0].type === 'mem' && !NOT_A_STORE.test(insn.mnemonic)) op = ops[0];
+    else {
+      for (const o of ops) if (o.type === 'mem' && o.access.indexOf('w') >= 0) op = o;
+    }
+    if (op === null) return null;
+    const mem = op.value;
+    let flags = 0;
+    let disp = int64(mem.disp || 0);
+    let [base, b32] = regNumber(mem.base);
+    let [index, i32] = regNumber(mem.index);
+    if (mem.base === 'rip') {
+      disp = int64(insn.address.add(insn.size).add(mem.disp || 0).toString());
+      base = 0;
+    }
+    if (base < 0 || index < 0 || mem.segment === 'gs') {
+      unsupported++;
+      return null;
+    }
+    if (b32 || i32) flags |= DESC_ADDR32;
+    if (mem.segment === 'fs') flags |= DESC_FS;
+    if (/^rep/.test(insn.mnemonic)) flags |= DESC_REP;
+    if (/\{k[1-7]\}/.test(insn.opStr) || /maskmov/.test(insn.mnemonic)) flags |= DESC_MASKED;
+    const d = allocDesc();
+    d.writePointer(st.log);
+    d.add(8).writeS64(disp);
+    d.add(16).writeU32(op.size || 8);
+    d.add(20).writeU8(base);
+    d.add(21).writeU8(index);
+    d.add(22).writeU8(mem.scale || 1);
+    d.add(23).writeU8(flags);
+    return d;
+  }
+
+  function transformFor(st) {
+    const onStore = cm.memlog_on_store;
+    return function (iterator) {
+      let insn;
+      while ((insn = iterator.next()) !== null) {
+        const key = insn.address.toString();
+        let d = st.descs.get(key);
+        if (d === undefined) {
+          d = describe(insn, st);
+          st.descs.set(key, d);
+        }
+        if (d !== null) iterator.putCallout(onStore, d);
+        iterator.keep();
+      }
+    };
+  }
+
+  // Follow the calling thread (once) and give it a log. Must run on that thread (fs base).
+  function enableThread(threadId, sp) {
+    let st = threads.get(threadId);
+    if (st !== undefined) return st;
+    load();
+    const log = Memory.alloc(LOG_STRUCT);
+    const buf = Memory.alloc(logBytes);
+    log.add(F.buf).writePointer(buf);
+    log.add(F.cap).writeU64(logBytes);
+    log.add(F.skipLo).writePointer(stackLow(sp || ptr(0)));
+    log.add(F.fsBase).writePointer(cm._pthreadSelf());
+    st = { threadId, log, buf, markers: [], descs: new Map() };
+    threads.set(threadId, st);
+    Stalker.follow(threadId, { transform: transformFor(st) });
+    return st;
+  }
+
+  function setGate(st) {
+    const top = st.markers[st.markers.length - 1];
+    st.log.add(F.on).writeU64(top === undefined ? 0 : 1);
+    if (top !== undefined) st.log.add(F.skipHi).writePointer(top.skipHi);
+  }
+
+  function popTo(st, tx) {
+    for (let i = st.markers.length - 1; i >= 0; i--) {
+      if (st.markers[i].tx === tx) {
+        const m = st.markers[i];
+        st.markers.length = i;
+        return m;
+      }
+    }
+    return null;
+  }
+
+  function mark(tx) {
+    const st = enableThread(tx.threadId, tx.entrySp);
+    st.markers.push({
+      tx, pos: st.log.add(F.len).readU64(), skipHi: tx.entrySp.add(8),
+      overflows: st.log.add(F.overflows).readU64(),
+    });
+    setGate(st);
+  }
+
+  // Root: the entries are dropped. Nested: they stay, now owned by the parent.
+  function commit(tx) {
+    const st = threads.get(tx.threadId);
+    if (st === undefined || popTo(st, tx) === null) return;
+    if (st.markers.length === 0) st.log.add(F.len).writeU64(0);
+    setGate(st);
+  }
+
+  // Undo tx's stores (and those of any open child), newest first. With config.rollback === false
+  // (tests that prove the log matters) the entries are dropped without restoring.
+  function rollback(tx) {
+    const st = threads.get(tx.threadId);
+    const m = st === undefined ? null : popTo(st, tx);
+    if (m === null) return { restored: 0, complete: false, why: 'no marker for this transaction' };
+    let restored = 0;
+    if (config.rollback === false) st.log.add(F.len).writeU64(m.pos);
+    else restored = cm._rollback(st.log, m.pos).toNumber();
+    const complete = st.log.add(F.overflows).readU64().equals(m.overflows);
+    setGate(st);
+    if (!complete) {
+      Sead.emit('log', { level: 'error', event: 'memlog-overflow', tx: tx.id,
+        why: `the log (${logBytes} bytes a thread) filled up: rollback is incomplete; raise memlog.bytes` });
+    }
+    return { restored, complete };
+  }
+
+  // Gradual commit: tx is about to do I/O that cannot be taken back; everything logged so far on
+  // its thread (tx and its ancestors) becomes permanent.
+  function gradual(tx) {
+    const st = threads.get(tx.threadId);
+    if (st === undefined) return 0;
+    const len = st.log.add(F.len).readU64();
+    st.log.add(F.len).writeU64(0);
+    for (const m of st.markers) {
+      m.pos = uint64(0);
+      m.overflows = st.log.add(F.overflows).readU64();
+    }
+    return len.toNumber();
+  }
+
+  function stats() {
+    const out = { threads: threads.size, logged: 0, loggedBytes: 0, skipped: 0, overflows: 0,
+      unreadable: 0, restored: 0, unsupported, rollback: config.rollback !== false };
+    for (const st of threads.values()) {
+      for (const k of ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored']) {
+        out[k] += st.log.add(F[k]).readU64().toNumber();
+      }
+    }
+    return out;
+  }
+
+  function configure(cfg) {
+    config = cfg || {};
+    if (config.memlog && config.memlog.bytes) logBytes = config.memlog.bytes;
+  }
+
+  return { configure, enableThread, mark, commit, rollback, gradual, stats };
+})();
+
+Sead.memlog = _memlogModule;
+
+Sead.use({
+  name: 'memlog',
+  init(config) { _memlogModule.configure(config); },
+  onTxBegin(tx) { _memlogModule.mark(tx); },
+  onTxCommit(tx) { _memlogModule.commit(tx); },
+  onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
+  status() { return { memlog: _memlogModule.stats() }; },
+});

@@ -1,0 +1,193 @@
+/*
+ * The memory log (STEM section 3.3.1): the old bytes of every store a supervised function makes,
+ * recorded by a Stalker callout placed before each instruction with a memory destination, undone
+ * in reverse order on abort.  Loaded by 20_memlog.js as CSOURCE["memlog.c"].
+ *
+ * Every followed thread has one MemLog (preallocated storage, the paper's proposed enhancement);
+ * every translated store instruction has one StoreDesc that points at its thread's MemLog, so the
+ * callout needs no thread lookup.  There are no C globals: CModule globals were read-only in this
+ * setup (see shared/notes/frida-findings.md), all state lives in memory the script allocates.
+ *
+ * Log layout: entries back to back, each  [u64 addr][u64 len][len bytes, padded to 8][u64 size]
+ * where the trailing size (header + padded data + trailer) lets rollback walk backwards.
+ */
+#include <gum/gumstalker.h>
+
+typedef struct _MemLog MemLog;
+typedef struct _StoreDesc StoreDesc;
+
+struct _MemLog {
+  guint8 *buf;          /* preallocated storage */
+  guint64 cap;          /* its size in bytes */
+  guint64 len;          /* bytes in use */
+  guint64 on;           /* gate: non-zero while a supervised transaction runs on this thread */
+  guint64 skip_lo;      /* stores in [skip_lo, skip_hi) are not logged: the thread's own stack */
+  guint64 skip_hi;      /*   below the innermost transaction's entry sp (+8: its return address) */
+  guint64 fs_base;      /* for fs:-relative stores (errno and other TLS) */
+  guint64 logged;       /* counters, read by stats() */
+  guint64 logged_bytes;
+  guint64 skipped;
+  guint64 overflows;    /* stores that did not fit: this log can no longer roll back completely */
+  guint64 unreadable;   /* masked stores whose tail lies on an unmapped page (tail not logged) */
+  guint64 restored;
+};
+
+enum {
+  DESC_REP = 1,       /* rep stos/movs: size is per element, times rcx */
+  DESC_FS = 2,        /* fs: segment */
+  DESC_ADDR32 = 4,    /* 32-bit address computation */
+  DESC_MASKED = 8,    /* AVX-512 masked store: may touch fewer bytes than its width */
+};
+
+/* Register numbers shared with 20_memlog.js (REGS there). 0 means none. */
+struct _StoreDesc {
+  MemLog *log;
+  gint64 disp;        /* for rip-relative operands: the absolute address, base = none */
+  guint32 size;
+  guint8 base;
+  guint8 index;
+  guint8 scale;
+  guint8 flags;
+};
+
+extern long memlog_process_vm_readv (int pid, const void *local, unsigned long nlocal,
+                                     const void *remote, unsigned long nremote,
+                                     unsigned long flags);
+extern int memlog_getpid (void);
+
+static guint64
+reg_value (GumCpuContext *c, guint8 r)
+{
+  switch (r)
+  {
+    case 1: return c->rax;
+    case 2: return c->rbx;
+    case 3: return c->rcx;
+    case 4: return c->rdx;
+    case 5: return c->rsi;
+    case 6: return c->rdi;
+    case 7: return c->rbp;
+    case 8: return c->rsp;
+    case 9: return c->r8;
+    case 10: return c->r9;
+    case 11: return c->r10;
+    case 12: return c->r11;
+    case 13: return c->r12;
+    case 14: return c->r13;
+    case 15: return c->r14;
+    case 16: return c->r15;
+    default: return 0;
+  }
+}
+
+static void
+copy_bytes (guint8 *dst, const guint8 *src, guint64 n)
+{
+  guint64 i = 0;
+  for (; i + 8 <= n; i += 8)
+    *(guint64 *) (dst + i) = *(const guint64 *) (src + i);
+  for (; i < n; i++)
+    dst[i] = src[i];
+}
+
+/* Reads n bytes at addr without faulting; returns how many could be read. */
+static guint64
+safe_read (guint8 *dst, guint64 addr, guint64 n)
+{
+  guint64 iov_local[2] = { (guint64) dst, n };
+  guint64 iov_remote[2] = { addr, n };
+  long got = memlog_process_vm_readv (memlog_getpid (), iov_local, 1, iov_remote, 1, 0);
+  return got > 0 ? (guint64) got : 0;
+}
+
+static void
+record (MemLog *log, guint64 addr, guint64 n, int masked)
+{
+  guint64 padded, total;
+  guint8 *entry;
+
+  if (n == 0)
+    return;
+  if (addr >= log->skip_lo && addr < log->skip_hi)
+  {
+    log->skipped++;
+    return;
+  }
+  padded = (n + 7) & ~(guint64) 7;
+  total = 16 + padded + 8;
+  if (log->len + total > log->cap)
+  {
+    log->overflows++;
+    return;
+  }
+  entry = log->buf + log->len;
+  if (masked && ((addr & 4095) + n > 4096))
+  {
+    guint64 got = safe_read (entry + 16, addr, n);
+    if (got < n)
+    {
+      log->unreadable++;
+      n = got;
+      if (n == 0)
+        return;
+      padded = (n + 7) & ~(guint64) 7;
+      total = 16 + padded + 8;
+    }
+  }
+  else
+  {
+    copy_bytes (entry + 16, (const guint8 *) addr, n);
+  }
+  *(guint64 *) entry = addr;
+  *(guint64 *) (entry + 8) = n;
+  *(guint64 *) (entry + 16 + padded) = total;
+  log->len += total;
+  log->logged++;
+  log->logged_bytes += n;
+}
+
+/* The Stalker callout placed before every store of a followed thread. */
+void
+memlog_on_store (GumCpuContext *ctx, gpointer user_data)
+{
+  StoreDesc *d = user_data;
+  MemLog *log = d->log;
+  guint64 addr, n;
+
+  if (!log->on)
+    return;
+  addr = (guint64) d->disp;
+  if (d->base != 0)
+    addr += reg_value (ctx, d->base);
+  if (d->index != 0)
+    addr += reg_value (ctx, d->index) * d->scale;
+  if (d->flags & DESC_ADDR32)
+    addr &= 0xffffffff;
+  if (d->flags & DESC_FS)
+    addr += log->fs_base;
+  n = d->size;
+  if (d->flags & DESC_REP)
+    n *= ctx->rcx;
+  record (log, addr, n, (d->flags & DESC_MASKED) != 0);
+}
+
+/* Undo every entry above pos, newest first; the log shrinks to pos. Returns entries restored. */
+guint64
+memlog_rollback (MemLog *log, guint64 pos)
+{
+  guint64 count = 0;
+
+  while (log->len > pos)
+  {
+    guint64 total = *(guint64 *) (log->buf + log->len - 8);
+    guint8 *entry = log->buf + log->len - total;
+    guint64 addr = *(guint64 *) entry;
+    guint64 n = *(guint64 *) (entry + 8);
+
+    copy_bytes ((guint8 *) addr, entry + 16, n);
+    log->len -= total;
+    count++;
+  }
+  log->restored += count;
+  return count;
+}

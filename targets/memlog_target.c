@@ -1,0 +1,104 @@
+/*
+ * memlog_target: a supervised function that changes a global struct, a heap buffer (directly and
+ * through glibc memcpy/memset, whose AVX-512 and `rep stosb` stores must be logged) and its
+ * caller's stack frame, then faults on request.  Driven by stdin lines so a test can attach or spawn
+ * first:
+ *
+ *   call F      run update_account(F) (F=1: fault after every change), then print the state line
+ *   state       print the state line
+ *   quit
+ *
+ * State line: "state global=HASH heap=HASH frame=HASH ret=R" (FNV-1a of the exact bytes), so a test
+ * can check that each region holds exactly its pre-call bytes after a heal.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEAP_SIZE 8192
+
+struct account {
+  long balance;
+  char owner[40];
+  long history[16];
+  int flags;
+};
+
+struct account g_account = { 100, "alice", { 1, 2, 3 }, 7 };
+unsigned char *g_heap;
+
+static uint64_t
+fnv (const void *p, size_t n)
+{
+  const unsigned char *b = p;
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 1099511628211ULL;
+  return h;
+}
+
+/* The supervised function: every store below is a change the memory log must undo on abort. */
+__attribute__((noinline)) int
+update_account (long *caller_frame, int fault)
+{
+  g_account.balance += 1000;
+  memcpy (g_account.owner, "mallory-the-intruder-of-accounts", 33);
+  for (int i = 0; i < 16; i++)
+    g_account.history[i] = g_account.balance * i;
+  g_account.flags |= 0x100;
+  memset (g_heap, 0xab, 3000);                     /* large: rep stosb / vector loop */
+  memset (g_heap + 3000, 0xcd, 700);               /* AVX-512 stores */
+  memcpy (g_heap + 4000, g_heap, 2500);            /* memcpy, large */
+  memcpy (g_heap + 6600, &g_account, sizeof g_account);
+  memset (g_heap + HEAP_SIZE - 13, 0x11, 13);      /* small tail: masked stores */
+  g_heap[7000] ^= 0xff;
+  caller_frame[0] = 0xdeadbeef;                    /* the caller's stack frame, above our entry sp */
+  caller_frame[3] += 42;
+  if (fault)
+    *(volatile int *) (uintptr_t) (fault == 1 ? 0 : 8) = 1;
+  return 1;
+}
+
+__attribute__((noinline)) static void
+print_state (const long *frame, size_t n, int ret)
+{
+  printf ("state global=%016llx heap=%016llx frame=%016llx ret=%d\n",
+          (unsigned long long) fnv (&g_account, sizeof g_account),
+          (unsigned long long) fnv (g_heap, HEAP_SIZE),
+          (unsigned long long) fnv (frame, n * sizeof *frame), ret);
+  fflush (stdout);
+}
+
+__attribute__((noinline)) static int
+serve (void)
+{
+  volatile long frame[6] = { 11, 22, 33, 44, 55, 66 };
+  char line[64];
+  int ret = -1;
+
+  while (fgets (line, sizeof line, stdin) != NULL)
+  {
+    if (strncmp (line, "call ", 5) == 0)
+    {
+      ret = update_account ((long *) frame, atoi (line + 5));
+      print_state ((const long *) frame, 6, ret);
+    }
+    else if (strncmp (line, "state", 5) == 0)
+      print_state ((const long *) frame, 6, ret);
+    else if (strncmp (line, "quit", 4) == 0)
+      break;
+  }
+  return 0;
+}
+
+int
+main (void)
+{
+  g_heap = malloc (HEAP_SIZE);
+  for (int i = 0; i < HEAP_SIZE; i++)
+    g_heap[i] = (unsigned char) (i * 7);
+  printf ("ready\n");
+  fflush (stdout);
+  return serve ();
+}

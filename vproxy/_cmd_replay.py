@@ -41,7 +41,7 @@ The format is in docs/scenarios.md; `vproxy record` writes scenarios from live t
 
 def _addr(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:7000)")
     return host.strip("[]"), int(port)
 

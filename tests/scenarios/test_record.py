@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import socket
+import sys
+import time
 from pathlib import Path
 
 import trio
@@ -78,3 +82,40 @@ async def test_recorded_traffic_replays_on_fresh_servers(servers: sc.Servers,
         outcome.notes += fresh.notes()
     assert outcome.passed, sc.render(outcome, verbose=True)
     assert outcome.after.balances == recorded.final_balances
+
+
+def test_record_cli_writes_a_loadable_scenario(servers: sc.Servers, tmp_path: Path) -> None:
+    live = sc.parse(SEQUENTIAL, "live.yaml")
+    endpoints = sc.start_direct(servers, live)
+    out = tmp_path / "rec.yaml"
+    recorder = servers.start("record", [
+        sys.executable, "-m", "vproxy", "--log-json", "record", "--listen", "127.0.0.1:0",
+        "--front", endpoints.front_name, "--ledger", endpoints.ledger_name, "-o", str(out),
+        "--conversations", "1"], ready=None)
+    port = _listening_port(recorder)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"LOGIN carol nope\nQUIT\n")
+        client.settimeout(5)
+        replies = b""
+        while chunk := client.recv(4096):  # bounded: payfront closes after BYE, timeout 5 s
+            replies += chunk
+    assert replies == b"ERR denied\nBYE\n"
+    assert recorder.proc.wait(timeout=20) == 0
+    recorded = sc.load(out)
+    [conv] = recorded.conversations
+    assert [s.send for s in conv.steps] == ["LOGIN carol nope", "QUIT"]
+    assert conv.steps[-1].closed and recorded.final_balances == {"alice": 100, "bob": 50,
+                                                                 "carol": 0}
+
+
+def _listening_port(recorder: sc.Started) -> int:
+    # The recorder logs {"event": "recording", "listen": "127.0.0.1:PORT"} on stderr.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        recorder.stderr.seek(0)
+        for line in recorder.stderr.read().splitlines():
+            if b'"recording"' in line:
+                return int(json.loads(line)["listen"].rsplit(":", 1)[1])
+        assert recorder.proc.poll() is None, "vproxy record exited early"
+        time.sleep(0.05)
+    raise AssertionError("vproxy record did not log its listening address")

@@ -71,7 +71,7 @@ class _LlhttpFramer:
         self._head_seen = False  # set by on_headers_complete
         self._complete_seen = False  # set by on_message_complete
         self._started: RequestInfo | ResponseInfo | None = None  # MessageStart given for this
-        self._kick = False  # llhttp was resumed from a pause and may have input-free steps to run
+        self._kick = False  # llhttp paused at a head and may have input-free steps to run
         self._eof = False
         self._finished = False  # llhttp_finish was called
         self._tunnel = False
@@ -187,7 +187,8 @@ class _LlhttpFramer:
             self._advance(ll.error_pos(self._parser) - at)
             if errno == ll.HPE_PAUSED:
                 _lib.llhttp_resume(self._parser)
-                self._kick = True
+                # a pause at a head may leave input-free steps (a body-less message completes)
+                self._kick = not self._complete_seen
                 event = self._paused()
                 if event is not None:
                     return event
@@ -236,6 +237,10 @@ class _LlhttpFramer:
     def _at_eof(self) -> Event | NeedData:
         """The peer closed and every byte was parsed: finish the message that ends at EOF."""
         self._finished = True
+        # let llhttp run the steps after the last message's end (they update its EOF verdict)
+        errno = _lib.llhttp_execute(self._parser, _NOWHERE, 0)
+        if errno not in (ll.HPE_OK, ll.HPE_PAUSED_UPGRADE):
+            raise self._malformed(errno)
         errno = _lib.llhttp_finish(self._parser)
         if errno == ll.HPE_PAUSED:  # a close-delimited body ended: on_message_complete ran
             self._pending.extend(self._message_end())

@@ -80,8 +80,8 @@ class _H11Framer:
         """Feed the next bytes of this direction; ``b""`` means the peer closed it.
 
         Error handling:
-            BufferLimitExceeded when more than ``max_buffer`` bytes would wait unparsed (drain
-            next_event before feeding more); RuntimeError for data after EOF.
+            RuntimeError for data after EOF. Bytes that would make more than ``max_buffer`` wait
+            unparsed are dropped and next_event raises BufferLimitExceeded.
         """
         if self._eof and data:
             raise RuntimeError("receive_data after EOF")
@@ -89,9 +89,15 @@ class _H11Framer:
         if self._tunnel:
             self._received += len(data)
             return
+        if self._error is not None:
+            return  # broken for good: next_event raises
         if len(self._conn._receive_buffer) + len(data) > self._max_buffer:
-            raise BufferLimitExceeded(self._side, self._received,
-                                      f"more than {self._max_buffer} bytes fed but not yet framed")
+            # raised by next_event, like every protocol error, so a caller feeding bytes from
+            # a socket has one place to handle them
+            self._error = BufferLimitExceeded(
+                self._side, self._received,
+                f"more than {self._max_buffer} bytes fed but not yet framed (drain next_event)")
+            return
         self._received += len(data)
         self._conn.receive_data(data)
 
@@ -113,10 +119,10 @@ class _H11Framer:
             MalformedMessage, TruncatedMessage (EOF inside a message), HeadTooLarge (a head, chunk
             line or trailer over ``max_head``); once raised, raised again on every later call.
         """
-        if self._error is not None:
-            raise self._error
         if self._pending:
             return self._pending.popleft()
+        if self._error is not None:
+            raise self._error
         try:
             return self._next()
         except h11.RemoteProtocolError as exc:

@@ -102,8 +102,8 @@ class _LlhttpFramer:
         """Feed the next bytes of this direction; ``b""`` means the peer closed it.
 
         Error handling:
-            BufferLimitExceeded when more than ``max_buffer`` bytes would wait unparsed (drain
-            next_event before feeding more); RuntimeError for data after EOF.
+            RuntimeError for data after EOF. Bytes that would make more than ``max_buffer`` wait
+            unparsed are dropped and next_event raises BufferLimitExceeded.
         """
         if self._eof and data:
             raise RuntimeError("receive_data after EOF")
@@ -113,9 +113,15 @@ class _LlhttpFramer:
         if self._tunnel:
             self._offset += len(data)
             return
+        if self._error is not None:
+            return  # broken for good: next_event raises
         if self._buffered + len(data) > self._max_buffer:
-            raise BufferLimitExceeded(self._side, self._offset + self._buffered,
-                                      f"more than {self._max_buffer} bytes fed but not yet framed")
+            # raised by next_event, like every protocol error, so a caller feeding bytes from
+            # a socket has one place to handle them
+            self._error = BufferLimitExceeded(
+                self._side, self._offset + self._buffered,
+                f"more than {self._max_buffer} bytes fed but not yet framed (drain next_event)")
+            return
         data = bytes(data)  # llhttp reads it in place: it must not change while queued
         self._chunks.append((data, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0))
         self._buffered += len(data)
@@ -134,10 +140,10 @@ class _LlhttpFramer:
             message), HeadTooLarge (a head over ``max_head``); once raised, raised again on every
             later call.
         """
-        if self._error is not None:
-            raise self._error
         if self._pending:
             return self._pending.popleft()
+        if self._error is not None:
+            raise self._error
         try:
             return self._next()
         except ProtocolError as exc:

@@ -227,8 +227,11 @@ def test_head_over_the_limit_is_refused_however_it_arrives(engine, drain) -> Non
 def test_buffer_limit_refuses_more_unframed_bytes(engine) -> None:
     framer = engine.Response(max_buffer=100)  # no request expected: bytes wait in the buffer
     framer.receive_data(b"x" * 60)
-    with pytest.raises(BufferLimitExceeded):
-        framer.receive_data(b"x" * 60)
+    framer.receive_data(b"x" * 60)  # never raises: the error comes from next_event
+    assert framer.buffered == 60
+    with pytest.raises(BufferLimitExceeded) as err:
+        framer.next_event()
+    assert (err.value.side, err.value.offset) == ("server", 60)  # where refused bytes begin
 
 
 def _parse_as_client(method: str, data: bytes) -> list[object]:

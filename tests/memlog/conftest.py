@@ -27,11 +27,13 @@ AGENT = HERE.parent.parent / "healer" / "agent"
 LINE_TIMEOUT = 20.0
 
 
-def harness_source() -> str:
-    """The stand-in core, the real 20_memlog.js and memlog.c, assembled like the agent."""
-    csource = {"memlog.c": (AGENT / "memlog.c").read_text()}
+def harness_source(*modules: str) -> str:
+    """The stand-in core around the real agent modules named (default: the memory log), with
+    every healer/agent/*.c, assembled like the agent (tests/wire uses it too)."""
+    csource = {f.name: f.read_text() for f in sorted(AGENT.glob("*.c"))}
+    body = "".join((AGENT / m).read_text() for m in modules or ("20_memlog.js",))
     return (f"const CSOURCE = {json.dumps(csource)};\n" + (HERE / "harness.js").read_text()
-            + (AGENT / "20_memlog.js").read_text() + (HERE / "harness_main.js").read_text())
+            + body + (HERE / "harness_main.js").read_text())
 
 
 class Target:

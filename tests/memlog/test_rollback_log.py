@@ -17,9 +17,9 @@ def run_calls(target, rollback: bool, calls: int = 3) -> tuple[str, list[str], d
     script = target.load(harness_source())
     target.resume()
     before = target.command("state")
-    script.exports_sync.init({"rollback": rollback}, "update_account", True)
+    script.exports_sync.init({"rollback": rollback}, ["update_account"], "always")
     after = [target.command("call 0") for _ in range(calls)]
-    return before, after, script.exports_sync.stats()
+    return before, after, script.exports_sync.status()["memlog"]
 
 
 def regions(state_line: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ import trio
 from vproxy import _sockio
 from vproxy._config import Address, GatewayConfig, Route
 from vproxy._control import ControlSocketError, open_control, serve_control
+from vproxy._fastrelay import FastRelay
 from vproxy._link import Link
 from vproxy._stats import Stats
 
@@ -57,6 +58,7 @@ class Gateway:
         self._links: dict[Key, Link] = {}
         self._waiting: dict[Key, set[ControlSession]] = {}
         self._numbers = itertools.count(1)
+        self.fast = FastRelay()
 
     # --- guard ---------------------------------------------------------------------------------
 
@@ -69,6 +71,8 @@ class Gateway:
         was, self.guarded = self.guarded, bool(self._guards) or self._lost_guards > 0
         if was != self.guarded:
             log.info("guard " + ("on" if self.guarded else "off"), controllers=len(self._guards))
+        if self.guarded:
+            self.fast.evict_all("guard")
         if was and not self.guarded:
             for link in list(self._links.values()):
                 link.unguarded()
@@ -154,6 +158,7 @@ async def serve(config: GatewayConfig, *, reuse_port: bool = False,
                 raise GatewayError(str(exc)) from None
         listening = tuple(Address(*s.getsockname()[:2]) for s in socks)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(gateway.fast.run)
             for route, sock in zip(config.routes, socks, strict=True):
                 nursery.start_soon(gateway._serve_route, route, sock)
             if control is not None:
@@ -164,6 +169,7 @@ async def serve(config: GatewayConfig, *, reuse_port: bool = False,
                      control=config.control)
             task_status.started(Serving(listening, config.control, token, gateway))
     finally:
+        gateway.fast.close()
         for sock in socks:
             sock.close()
         if control is not None and config.control is not None:

@@ -21,6 +21,7 @@ import trio
 from protocols.control import Endpoint
 from vproxy import _sockio
 from vproxy._config import Route
+from vproxy._fastrelay import INPUT, OUTPUT, Handover
 from vproxy._hold import INFINITY, InKeep, Mark, OutHold
 from vproxy._replace import Replacer
 
@@ -100,16 +101,28 @@ class Link:
         self.gateway.register(self)
         self.log.debug("relaying", upstream=str(route.upstream))
         try:
+            handover = Handover()
+            if not self.gateway.guarded:
+                handover = await self.gateway.fast.relay(self, server, peer)
+                if handover.reason in ("done", "error"):
+                    if handover.error is not None:
+                        self._reset(handover.error)
+                    return
+                self.log.info("left the fast path", reason=handover.reason)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._input, peer, server)
-                nursery.start_soon(self._output, server, peer)
+                if not handover.ended[INPUT]:
+                    nursery.start_soon(self._input, peer, server, handover.pending[INPUT])
+                nursery.start_soon(self._output, server, peer, handover.pending[OUTPUT],
+                                   handover.ended[OUTPUT])
                 nursery.start_soon(self._writer, peer)
         except* OSError as group:
-            first = group.exceptions[0]
-            self.log.info("connection reset", cause=getattr(first, "strerror", None) or str(first))
+            self._reset(group.exceptions[0])
         finally:
             self.gateway.unregister(self)
+
+    def _reset(self, exc: BaseException) -> None:
+        self.log.info("connection reset", cause=getattr(exc, "strerror", None) or str(exc))
 
     def close_sockets(self) -> None:
         for sock in (self.client, self.upstream):
@@ -132,17 +145,20 @@ class Link:
 
     # --- input: towards the server -------------------------------------------------------------
 
-    async def _input(self, src: socket.socket, server: socket.socket) -> None:
+    async def _input(self, src: socket.socket, server: socket.socket, first: bytes) -> None:
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         fair = _sockio.Yielder()
         stats = self.gateway.stats
         lock = self._to_server_lock
         while True:
-            n = await _sockio.recv_into(src, buf, fair)
-            if not n:
-                break
-            chunk = view[:n]
+            if first:  # left unsent by the fast path
+                n, chunk, first = len(first), memoryview(first), b""
+            else:
+                n = await _sockio.recv_into(src, buf, fair)
+                if not n:
+                    break
+                chunk = view[:n]
             try:
                 lock.acquire_nowait()
             except trio.WouldBlock:
@@ -158,6 +174,14 @@ class Link:
                     self.replacer.client_data(bytes(chunk))
             stats.bytes_passed += n
         _sockio.shutdown_write(server)
+
+    def passed(self, output: bool, chunk: memoryview) -> None:
+        """The fast path relayed ``chunk`` unheld (``output``: from the server)."""
+        if output:
+            self.out_offset += len(chunk)
+        else:
+            self._delivered(chunk)
+        self.gateway.stats.bytes_passed += len(chunk)
 
     def _delivered(self, chunk: bytes | memoryview) -> None:
         if self.keep is None and self.gateway.guarded:
@@ -181,7 +205,8 @@ class Link:
 
     # --- output: from the server ---------------------------------------------------------------
 
-    async def _output(self, server: socket.socket, peer: socket.socket) -> None:
+    async def _output(self, server: socket.socket, peer: socket.socket, first: bytes,
+                      ended: bool) -> None:
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         fair = _sockio.Yielder()
@@ -189,10 +214,14 @@ class Link:
         stats = gateway.stats
         lock = self._to_peer_lock
         limit = gateway.config.hold_bytes
-        while True:
-            n = await _sockio.recv_into(server, buf, fair)
-            if not n:
-                break
+        while not ended:
+            if first:  # read by the fast path, not sent
+                n, chunk, first = len(first), memoryview(first), b""
+            else:
+                n = await _sockio.recv_into(server, buf, fair)
+                if not n:
+                    break
+                chunk = view[:n]
             hold = self.hold
             if hold is None and not gateway.guarded:
                 self.out_offset += n
@@ -201,7 +230,7 @@ class Link:
                 except trio.WouldBlock:
                     await lock.acquire()
                 try:
-                    await _sockio.send_all(peer, view[:n])
+                    await _sockio.send_all(peer, chunk)
                 finally:
                     lock.release()
                 stats.bytes_passed += n
@@ -209,7 +238,7 @@ class Link:
             if hold is None:
                 hold = self.holding()
             now = time.monotonic()
-            hold.feed(view[:n], now)
+            hold.feed(chunk, now)
             self.out_offset += n
             stats.bytes_held += n
             await self._flush(peer, hold, now)  # commits often precede the bytes: no wake-up

@@ -279,3 +279,24 @@ async def test_back_route_holds_the_servers_outgoing_request(start_gateway, upst
     assert await net.recv_exactly(ledger, 8) == b"DEBIT 10"  # the aborted debit never arrived
     await net.send(ledger, b"OK")  # the backend's answer is the server's input: not held
     assert await net.recv_exactly(protected, 2) == b"OK"
+
+
+async def test_guard_arriving_mid_connection_holds_the_next_output(start_gateway, upstream, net):
+    """A connection relayed unheld (fast path) is held from the GUARD on."""
+    serving = await start_gateway()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    await net.send(server, b"before guard;")
+    assert await net.recv_exactly(client, 13) == b"before guard;"
+    ctl = await ScriptedController.connect(serving.control)
+    with structlog.testing.capture_logs() as logs:
+        await ctl.send(Guard(), conn_of(1, server), Begin(1, None), Io(1, 1, "out", 13, 18))
+        await ctl.sync()
+        await net.send(server, b"after")
+        await _wait_held(serving, 5)
+    assert any(e["event"] == "left the fast path" and e["reason"] == "guard" for e in logs)
+    await net.assert_silent(client)
+    await ctl.send(Commit(1))
+    assert await net.recv_exactly(client, 5) == b"after"
+    await net.send(client, b"input still flows")
+    assert await net.recv_exactly(server, 17) == b"input still flows"

@@ -78,3 +78,28 @@ async def test_many_connections_interleaved(start_gateway, upstream, net):
     with trio.fail_after(net.WAIT):
         for client, _ in pairs:
             client.close()
+
+
+async def test_bulk_transfer_to_a_slow_reader_keeps_every_byte_in_order(start_gateway, upstream,
+                                                                        net):
+    """A peer that does not read makes the relay's send partial: the fast path hands the link to
+    the task path with the unsent bytes; nothing is lost or reordered."""
+    serving = await start_gateway(control=False)
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    payload = bytes(range(256)) * 16384  # 4 MiB, more than the socket buffers hold
+    got = bytearray()
+
+    async def read_slowly() -> None:
+        await trio.sleep(0.2)  # let the buffers fill up first
+        got.extend(await net.recv_exactly(client, len(payload)))
+
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_slowly)
+            await net.send(server, payload)
+    assert got == payload
+    assert {"event": "left the fast path", "reason": "slow", "log_level": "info"} in [
+        {k: e[k] for k in ("event", "reason", "log_level") if k in e} for e in logs]
+    await net.send(client, b"and back")
+    assert await net.recv_exactly(server, 8) == b"and back"

@@ -6,6 +6,7 @@
  *
  *   call F      run update_account(F) (F=1: fault after every change), then print the state line
  *   state       print the state line
+ *   bench N     call bench_stores() N times (100 stores each), print "bench ns=NS_PER_CALL"
  *   quit
  *
  * State line: "state global=HASH heap=HASH frame=HASH ret=R" (FNV-1a of the exact bytes), so a test
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define HEAP_SIZE 8192
 
@@ -60,6 +62,29 @@ update_account (long *caller_frame, int fault)
   return 1;
 }
 
+long g_bench[100];
+
+/* 100 stores to a global: the unit of bench/memlog.py's cost per logged store. */
+__attribute__((noinline)) long
+bench_stores (long seed)
+{
+  for (int i = 0; i < 100; i++)
+    ((volatile long *) g_bench)[i] = seed + i;
+  return g_bench[99];
+}
+
+__attribute__((noinline)) static void
+bench (long n)
+{
+  struct timespec a, b;
+  clock_gettime (CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; i++)
+    bench_stores (i);
+  clock_gettime (CLOCK_MONOTONIC, &b);
+  printf ("bench ns=%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / (double) n);
+  fflush (stdout);
+}
+
 __attribute__((noinline)) static void
 print_state (const long *frame, size_t n, int ret)
 {
@@ -86,6 +111,8 @@ serve (void)
     }
     else if (strncmp (line, "state", 5) == 0)
       print_state ((const long *) frame, 6, ret);
+    else if (strncmp (line, "bench ", 6) == 0)
+      bench (atol (line + 6));
     else if (strncmp (line, "quit", 4) == 0)
       break;
   }

@@ -15,6 +15,7 @@ from protocols.http import (
     H11ResponseFramer,
     InterimResponse,
     RequestFramer,
+    RequestInfo,
     ResponseFramer,
 )
 from protocols.lenpfx import LengthPrefixFramer, MessageEnd, MessageStart, StreamEnd, error_frame
@@ -86,7 +87,7 @@ def request_streams(draw: st.DrawFn) -> Built:
 
 
 @st.composite
-def response_streams(draw: st.DrawFn) -> Built:
+def response_streams(draw: st.DrawFn, allow_close: bool = True) -> Built:
     built = Built(b"", [], [], [])
     count = draw(st.integers(1, 5))
     for i in range(count):
@@ -98,7 +99,7 @@ def response_streams(draw: st.DrawFn) -> Built:
         status = draw(st.sampled_from([200, 201, 204, 301, 304, 404, 500]))
         headers = draw(headers_st)
         no_body = method == "HEAD" or status in (204, 304)
-        framings = ["length", "chunked"] + (["close"] if i == count - 1 else [])
+        framings = ["length", "chunked"] + (["close"] if allow_close and i == count - 1 else [])
         framing = draw(st.sampled_from(framings))
         body = draw(st.binary(max_size=40))
         encoded = _body(framing, body, draw(st.integers(0, 40)), draw(headers_st), headers)
@@ -116,7 +117,7 @@ def _spans(events: list[object]) -> list[tuple[int, int]]:
     return list(zip(starts, ends, strict=True))
 
 
-def _responses(engine, methods: list[str], **limits: int):
+def _responses(engine, methods: list[str | RequestInfo], **limits: int):
     framer = engine.Response(**limits)
     for method in methods:
         framer.expect(method)
@@ -254,3 +255,25 @@ def test_both_engines_agree_on_every_boundary(drain, requests, responses) -> Non
         llhttp.expect(method)
         h11.expect(method)
     assert drain(llhttp, [responses.stream, b""]) == drain(h11, [responses.stream, b""])
+
+
+@PROPS
+@given(request_streams(), response_streams(allow_close=False), st.binary(max_size=200), cuts_st)
+def test_upgrade_then_tunnel_for_any_split(engine, drain, requests, responses, tunnel,
+                                           cuts) -> None:
+    """After an accepted Upgrade both directions yield nothing until EOF, whatever the bytes."""
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    switching = (b"HTTP/1.1 101 Switching Protocols\r\n"
+                 b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+    websocket = RequestInfo("GET", "/ws", "1.1", keep_alive=True, upgrade=True)
+    for stream, head, make in (
+            (requests.stream + upgrade, len(requests.stream), engine.Request),
+            (responses.stream + switching, len(responses.stream),
+             lambda: _responses(engine, [*responses.methods, websocket]))):
+        framer = make()
+        events = drain(framer, split(stream + tunnel, cuts))
+        assert _spans(events)[-1] == (head, len(stream))
+        assert events[-1] == MessageEnd(len(stream), events[-1].info)
+        if isinstance(framer, engine.Request):
+            framer.protocol_switched(True)
+        assert drain(framer, [b""]) == [StreamEnd(len(stream) + len(tunnel))]

@@ -10,8 +10,9 @@
  *              "refuse" returns -1 there instead (a failed check, no fault).
  *   ASK NAME   handle_exchange: writes "QUESTION NAME?\n", reads the client's answer line (a
  *              gradual commit: the question must be released or the exchange deadlocks), then
- *              writes "ANSWERED " and faults if the answer contains "crash", else writes
- *              "ANSWER\n". g_stage is set to 1 before the read and 2 after it.
+ *              writes "ANSWERED " and faults if the answer contains "crash" (returns -1 if it
+ *              contains "refuse"), else writes the answer line. g_stage is set to 1 before the read
+ *              and 2 after it.
  *   STATE      outside any supervised function: "STATE stage=S served=N\n".
  */
 #include <arpa/inet.h>
@@ -69,6 +70,8 @@ handle_exchange (int fd, const char *name)
   write (fd, "ANSWERED ", 9);
   if (strstr (answer, "crash") != NULL)
     crash ();
+  if (strstr (answer, "refuse") != NULL)
+    return -1;
   write (fd, answer, n);
   return 0;
 }

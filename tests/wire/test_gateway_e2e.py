@@ -1,0 +1,83 @@
+"""Through the real gateway (vproxy.serve, line protocol) with the agent's wire module inside a real
+C server: the partial reply of an aborted transaction never reaches the client's socket, the
+replacement does, and the next request on the same connection is answered; a write-read-abort
+exchange releases exactly what was written before the read (gradual commit).
+
+Here the stand-in core aborts a transaction whose function returned -1 (a failed check, no
+fault); tests/memlog/test_heal_e2e.py does the same through a real fault and the real agent.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+import vproxy
+from vproxy import Address, GatewayConfig, Route
+
+WAIT = 10.0
+
+
+async def recv_until(sock: trio.socket.SocketType, suffix: bytes, limit: int = 4096) -> bytes:
+    """Bytes from the client socket until they end with ``suffix`` (bounded in time and size)."""
+    got = b""
+    with trio.fail_after(WAIT):
+        while not got.endswith(suffix) and len(got) < limit:
+            chunk = await sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+async def guarded(serving) -> None:
+    with trio.fail_after(WAIT):
+        while not serving.gateway.guarded:
+            await trio.sleep(0.01)
+
+
+async def start(nursery, server, tmp_path):
+    config = GatewayConfig(routes=(Route(Address("127.0.0.1", 0),
+                                         Address("127.0.0.1", server.port), "line"),),
+                           control=str(tmp_path / "ctl.sock"))
+    serving = await nursery.start(vproxy.serve, config)
+    await trio.to_thread.run_sync(server.instrument,
+                                  {"control": {"path": serving.control, "token": serving.token}})
+    await guarded(serving)
+    client = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listen = serving.listening[0]
+    with trio.fail_after(WAIT):
+        await client.connect((listen.host, listen.port))
+    return client
+
+
+async def test_partial_reply_of_an_aborted_transaction_never_reaches_the_client(server, tmp_path):
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, server, tmp_path)
+        with client:
+            await client.send(b"GET alice\n")
+            assert await recv_until(client, b"\n") == b"REPLY alice\n"
+            await client.send(b"GET refuse\n")
+            replacement = await recv_until(client, b"\n")
+            assert b"REPLY" not in replacement and replacement.startswith(b"ERR")
+            await client.send(b"GET bob\n")
+            assert await recv_until(client, b"\n") == b"REPLY bob\n"
+        nursery.cancel_scope.cancel()
+
+
+async def test_gradual_commit_releases_what_came_before_the_read(server, tmp_path):
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, server, tmp_path)
+        with client:
+            await client.send(b"ASK carol\n")
+            # Without GRADUAL this read would wait for a commit that waits for our answer.
+            assert await recv_until(client, b"\n") == b"QUESTION carol?\n"
+            await client.send(b"refuse\n")
+            after = await recv_until(client, b"\n")
+            assert b"ANSWERED" not in after and after.startswith(b"ERR")
+            await client.send(b"ASK dave\n")
+            assert await recv_until(client, b"\n") == b"QUESTION dave?\n"
+            await client.send(b"yes\n")
+            assert await recv_until(client, b"\n") == b"ANSWERED yes\n"
+        nursery.cancel_scope.cancel()

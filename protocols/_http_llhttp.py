@@ -2,8 +2,9 @@
 
 llhttp parses the bytes where they lie (no copy, no buffer of its own); the framer's callbacks pause
 it at the end of each head and each message, and the pause position is the stream offset. Callbacks
-only set flags and collect the target/reason text (an exception inside a ctypes callback would be
-swallowed, so they hold no logic); everything else runs after ``llhttp_execute`` returns.
+only set flags, collect the target/reason text and tell llhttp whether a response has a body (an
+exception inside a ctypes callback would be swallowed, so they hold as little logic as possible);
+everything else runs after ``llhttp_execute`` returns.
 """
 
 from __future__ import annotations

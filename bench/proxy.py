@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -250,6 +251,58 @@ def _target(name: str, workdir: Path, lengths: tuple[int, int]) -> Iterator[tupl
                 raise RuntimeError(f"guarded controller failed: {ctl.error!r}")
 
 
+def event_latency(samples: int = 2000) -> dict[str, float]:
+    """Event-to-release latency: the server's 64 bytes are held (their IO event already applied);
+    the time from writing ``COMMIT`` on the control socket until the client has the bytes.
+    Blocking sockets in this process; the gateway is a ``vproxy serve`` process."""
+    workdir = Path(tempfile.mkdtemp(prefix="sead-bench-latency-"))
+    control = str(workdir / "ctl.sock")
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(1)
+    port = PORTS["vproxy-guarded"]
+    argv = _vproxy_argv(port, control)
+    argv[argv.index("--upstream") + 1] = f"127.0.0.1:{upstream.getsockname()[1]}"
+    # no port probe here: its connection would be the first one the upstream accepts
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(control + ".token"):  # written after the listeners bound
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vproxy serve did not start: {argv}")
+            time.sleep(0.02)
+        ctl = socket.socket(socket.AF_UNIX)
+        ctl.connect(control)
+        ctl.settimeout(10)
+        token = Path(control + ".token").read_text().strip()
+        ctl.sendall(f"HELLO 1 healer {os.getpid()} {token}\nGUARD\nPING 0\n".encode())
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        server, _ = upstream.accept()
+        server.settimeout(10)
+        lo, pe = server.getsockname(), server.getpeername()
+        ctl.sendall(f"CONN 1 {lo[0]}:{lo[1]} {pe[0]}:{pe[1]}\n".encode())
+        times = []
+        for k in range(samples):
+            ctl.sendall(f"BEGIN {k + 1} -\nIO {k + 1} 1 out {k * 64} {k * 64 + 64}\n".encode())
+            server.sendall(b"x" * 64)
+            time.sleep(0.0002)  # the bytes reach the gateway and are held
+            t0 = time.perf_counter()
+            ctl.sendall(f"COMMIT {k + 1}\n".encode())
+            got = 0
+            while got < 64:
+                got += len(client.recv(64 - got))
+            times.append((time.perf_counter() - t0) * 1e6)
+        for s in (client, server, ctl):
+            s.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        upstream.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    times.sort()
+    return {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)]}
+
+
 def run(rounds: int, seconds: int, configs: list[str]) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
     workdir = Path(tempfile.mkdtemp(prefix="sead-bench-proxy-"))
@@ -310,8 +363,12 @@ def main(argv: list[str]) -> int:
             return 1
     print(f"wrk -t1 -c8 keep-alive GET {PATH}, {args.rounds} rounds x {args.seconds} s, "
           f"alternating {', '.join(configs)}")
-    med = summarize(run(args.rounds, args.seconds, configs))
+    med: dict[str, Any] = summarize(run(args.rounds, args.seconds, configs))
     print_table(med)
+    latency = event_latency()
+    print(f"\nevent to release (COMMIT written -> client has the bytes): p50 "
+          f"{latency['p50_us']:.0f} us, p99 {latency['p99_us']:.0f} us (target: well under 100 us)")
+    med["event_to_release"] = latency
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "proxy.json").write_text(json.dumps(med, indent=2) + "\n")
     return 0

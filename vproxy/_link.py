@@ -69,6 +69,8 @@ class Link:
         self._to_server_lock = trio.Lock()
         self._to_peer_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self._peer: socket.socket | None = None  # where the server's output goes
+        self._backlog: list[bytes | Mark] = []  # released by ``kick``, not sent yet
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -96,6 +98,7 @@ class Link:
             server, peer = self.upstream, self.client
         else:
             server, peer = self.client, self.upstream
+        self._peer = peer
         # The server's own (LOCAL, PEER) is the reverse of what our socket towards it sees.
         self.key = (endpoint(server.getpeername()), endpoint(server.getsockname()))
         self.gateway.register(self)
@@ -260,8 +263,30 @@ class Link:
         return self.hold
 
     def kick(self) -> None:
-        """Control events changed what is releasable: let the writer pump."""
-        self._wake.set()
+        """Control events changed what is releasable: send it now if the peer socket is free and
+        takes it whole (no task switch between the event and the send), else let the writer."""
+        hold, peer = self.hold, self._peer
+        if hold is None or peer is None or self._backlog or self._to_peer_lock.locked():
+            self._wake.set()
+            return
+        items = self._pump(hold, time.monotonic())
+        for i, item in enumerate(items):
+            if isinstance(item, Mark):  # replacing or closing needs the writer's awaits
+                self._backlog = items[i:]
+                break
+            try:
+                sent = peer.send(item)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # the writer meets it again and ends the link
+                self._backlog = items[i:]
+                break
+            self.replacer.released(item[:sent])
+            if sent < len(item):
+                self._backlog = [item[sent:], *items[i + 1:]]
+                break
+        if self._backlog or hold.buf:
+            self._wake.set()
 
     def unguarded(self) -> None:
         """The last guard left: output owned by no open transaction goes out."""
@@ -321,32 +346,49 @@ class Link:
                 _sockio.shutdown_write(peer)
                 return
 
-    async def _flush(self, peer: socket.socket, hold: OutHold, now: float) -> None:
-        """Send what the hold releases now, apply marks and bounds."""
-        gateway = self.gateway
-        config, stats = gateway.config, gateway.stats
+    def _pump(self, hold: OutHold, now: float) -> list[bytes | Mark]:
+        stats = self.gateway.stats
         items, released, discarded = hold.pump(now, stats.hold_times)
         stats.bytes_released += released
         stats.bytes_discarded += discarded
-        if items:
-            await self._deliver(peer, items)
-        if hold.buf and (len(hold.buf) > config.hold_bytes or
-                         now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
-            await self._bound(peer, hold, now)
+        return items
+
+    async def _flush(self, peer: socket.socket, hold: OutHold, now: float) -> None:
+        """Send the backlog and what the hold releases now, apply marks and bounds.
+
+        Pumping happens with the peer lock held, so whatever pumps later (``kick``, the other
+        task) cannot overtake these bytes while they are being sent.
+        """
+        gateway = self.gateway
+        config, stats = gateway.config, gateway.stats
+        lock = self._to_peer_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            items, self._backlog = [*self._backlog, *self._pump(hold, now)], []
+            if items:
+                await self._send_items(peer, items)
+            if hold.buf and (len(hold.buf) > config.hold_bytes or
+                             now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
+                await self._bound(peer, hold, now)
+        finally:
+            lock.release()
         stats.trim()
         self._drained.set()
         if not gateway.guarded and not hold.pending() and self.hold is hold:
             self.hold = None
 
-    async def _deliver(self, peer: socket.socket, items: list[bytes | Mark]) -> None:
-        async with self._to_peer_lock:
-            for item in items:
-                if isinstance(item, Mark):
-                    if not await self._act(peer, item):
-                        return
-                else:
-                    self.replacer.released(item)
-                    await _sockio.send_all(peer, item)
+    async def _send_items(self, peer: socket.socket, items: list[bytes | Mark]) -> None:
+        """Send bytes and act on marks, in order (the caller holds the peer lock)."""
+        for item in items:
+            if isinstance(item, Mark):
+                if not await self._act(peer, item):
+                    return
+            else:
+                self.replacer.released(item)
+                await _sockio.send_all(peer, item)
 
     async def _act(self, peer: socket.socket, mark: Mark) -> bool:
         """Replace or close at ``mark``; returns False when the link was closed."""
@@ -387,6 +429,6 @@ class Link:
         resolved = hold.force(now, stats.hold_times, release=config.on_bound == "release")
         if config.on_bound == "release":
             stats.bytes_released += resolved
-            await self._deliver(peer, [data])
+            await self._send_items(peer, [data])
         else:
             stats.bytes_discarded += resolved

@@ -73,6 +73,10 @@ def test_serve_relays_and_stats_reports(serve_proc, upstream_port):
     (["serve", "--upstream", "127.0.0.1:80", "--route", "127.0.0.1:1=127.0.0.1:2,ftp"],
      "unknown option 'ftp'"),
     (["stats", "--control", "/nonexistent/ctl.sock"], "is `vproxy serve --control"),
+    (["serve", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9", "--control",
+      "/nonexistent/dir/ctl.sock"], "check that the directory exists"),
+    (["serve", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9", "--control",
+      "/tmp/vp-cli-test.sock", "--control-user", "no-such-user-x"], "is not a user"),
 ])
 def test_operator_errors_are_one_line(argv, message):
     out = subprocess.run([*VPROXY, *argv], capture_output=True, timeout=30)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import stat
 
+import pytest
 import trio
 
 from protocols.control import Begin, Commit, Err, Guard, Io
@@ -102,3 +104,17 @@ async def test_admin_role_may_only_read_stats(start_gateway):
     assert not serving.gateway.guarded
     stats = await admin.stats()
     assert stats["connections"] == 0 and "hold_us" in stats
+
+
+async def test_control_user_owns_socket_and_token(start_gateway):
+    try:
+        entry = pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data user on this machine")
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    serving = await start_gateway(control_user="www-data")
+    for path in (serving.control, serving.control + ".token"):
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid) == (entry.pw_uid, entry.pw_gid)
+        assert stat.S_IMODE(st.st_mode) == 0o600

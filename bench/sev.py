@@ -38,6 +38,23 @@ from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer, training_reque
 
 KV_FUNCTIONS = list(FUNCTIONS)
 WIDTH = 15
+APACHE_FUNCTIONS = [
+    # the request path of apache2 (exported ap_* functions that return a status, flag or count)
+    "ap_read_request", "ap_parse_uri", "ap_getword_white", "ap_getword", "ap_getword_nc",
+    "ap_unescape_url", "ap_set_keepalive", "ap_meets_conditions", "ap_process_request",
+    "ap_process_request_internal", "ap_getparents", "ap_is_url", "ap_count_dirs",
+    "ap_rgetline_core", "ap_discard_request_body", "ap_run_translate_name",
+    "ap_run_map_to_storage", "ap_run_handler", "ap_run_fixups", "ap_run_type_checker",
+    "ap_run_access_checker", "ap_run_check_user_id", "ap_run_auth_checker",
+    "ap_run_post_read_request", "ap_run_header_parser", "ap_run_log_transaction",
+    "ap_core_translate", "ap_directory_walk", "ap_location_walk", "ap_file_walk",
+    "ap_is_initial_req", "ap_some_auth_required", "ap_update_mtime", "ap_set_content_length",
+    "ap_set_etag", "ap_send_error_response", "ap_die", "ap_pass_brigade", "ap_get_brigade",
+    "ap_method_number_of", "ap_setup_client_block", "ap_should_client_block",
+    "ap_sub_req_lookup_uri", "ap_run_sub_req", "ap_destroy_sub_req", "ap_internal_redirect",
+    "ap_index_of_response", "ap_http_header_filter", "ap_byterange_filter",
+    "ap_content_length_filter", "ap_core_output_filter", "ap_core_input_filter",
+]
 
 
 class _HealTarget:
@@ -109,15 +126,9 @@ def overhead(tables: dict[str, Any]) -> dict[str, float]:
 
 
 def apache_profile(seconds_budget: float = 60.0) -> str:
-    """Record Apache (-X) serving manual pages and malformed requests; summarize the profile."""
+    """Record Apache (-X) serving manual pages and bad requests, twice; predict run 2 from run 1."""
     from targets import apache
 
-    functions = ["ap_read_request", "ap_parse_uri", "ap_getword_white", "ap_getword",
-                 "ap_unescape_url", "ap_set_keepalive", "ap_meets_conditions",
-                 "ap_process_request", "ap_getparents", "ap_check_cmd_context",
-                 "ap_escape_html2", "ap_is_url", "ap_make_dirstr_prefix", "ap_count_dirs",
-                 "ap_rgetline_core", "ap_discard_request_body", "ap_run_translate_name",
-                 "ap_run_map_to_storage", "ap_run_handler", "ap_die"]
     paths = ["/manual/", "/manual/index.html", "/manual/mod/", "/manual/howto/cgi.html",
              "/manual/nothere.html", "/manual/../../etc/passwd", "/manual/%zz", "/manual/%2e%2e/",
              "/manual/images/", "/manual/mod/core.html"]
@@ -125,10 +136,10 @@ def apache_profile(seconds_budget: float = 60.0) -> str:
     deadline = time.monotonic() + seconds_budget
     with apache.running(port=18361, workers=0) as httpd:
         for _ in range(2):
-            s = ProfileSession(window=WIDTH, functions=functions, ret_bits=32, args=2)
+            s = ProfileSession(window=WIDTH, functions=APACHE_FUNCTIONS, ret_bits=32, args=2)
             s.attach(httpd.pid)
             try:
-                for rnd in range(6):
+                for rnd in range(15):
                     for p in paths:
                         if time.monotonic() > deadline:
                             break
@@ -139,14 +150,13 @@ def apache_profile(seconds_budget: float = 60.0) -> str:
             finally:
                 s.close()
     a, b = profiles
-    acc, n = accuracy(a, b, WIDTH)
+    accs = ", ".join(f"width {w}: {accuracy(a, b, w)[0]:.1%}" for w in (1, 3, 5, WIDTH))
     calls = sum(fp.calls for fp in b.functions.values())
     scores = sorted(((predictability(fp, WIDTH), name) for name, fp in a.functions.items()),
                     reverse=True)
     top = ", ".join(f"{name} {sc:.2f}" for sc, name in scores[:6])
-    return (f"apache2 -X: {len(a.functions)} functions recorded, {calls} calls in the held-out "
-            f"run; prediction accuracy at width {WIDTH}: {acc:.1%} of {n}; "
-            f"predictability (S{WIDTH}): {top}")
+    return (f"apache2 -X in profile mode: {len(a.functions)} functions recorded, {calls} calls in "
+            f"the held-out run\n  prediction accuracy: {accs}\n  predictability (S{WIDTH}): {top}")
 
 
 def _rates(trials: list[Trial], mode: str) -> tuple[float, int, float]:

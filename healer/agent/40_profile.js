@@ -135,8 +135,12 @@
     let action = 'log';
     if (an.action === 'supervise' && Sead.coverage !== undefined &&
         typeof Sead.coverage.supervise === 'function') {
-      for (const f of [name].concat(win.slice(0, an.width))) Sead.coverage.supervise(f);
-      action = 'supervise';
+      try {
+        for (const f of [name].concat(win.slice(0, an.width))) Sead.coverage.supervise(f);
+        action = 'supervise';
+      } catch (e) {
+        action = `log (supervise failed: ${e.message})`;
+      }
     }
     Sead.emit('anomaly', { function: name, window: win.slice(0, an.width),
       reason: t === null ? 'function never seen in training' : 'window never seen in training',

@@ -19,7 +19,7 @@ from protocols.control import (
     parse_line,
 )
 
-PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 uint = st.integers(min_value=0, max_value=2**64 - 1)
 word = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)

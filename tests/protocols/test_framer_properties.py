@@ -23,7 +23,7 @@ from protocols.line import LineFramer
 
 # No deadline: the machine is shared, so time is not asserted; every loop is bounded instead
 # (conftest's drain) and pytest-timeout bounds the whole test.
-PROPS = settings(max_examples=150, deadline=None,
+PROPS = settings(max_examples=80, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -145,7 +145,7 @@ def test_responses_are_framed_where_they_were_put_for_any_split(engine, drain, b
     assert drain(_responses(engine, built.methods), [*split(built.stream, cuts), b""]) == whole
 
 
-@settings(PROPS, max_examples=25)
+@settings(PROPS, max_examples=20)
 @given(request_streams(), response_streams())
 def test_byte_at_a_time_equals_one_shot(engine, drain, requests, responses) -> None:
     for make, stream in ((engine.Request, requests.stream),
@@ -244,7 +244,7 @@ def test_garbage_frames_raise_or_wait_and_hold_no_payload(drain, width, data, cu
     _bounded_garbage_run(drain, framer, split(data, cuts), 0)
 
 
-@settings(PROPS, max_examples=100)
+@settings(PROPS, max_examples=60)
 @given(request_streams(), response_streams())
 def test_both_engines_agree_on_every_boundary(drain, requests, responses) -> None:
     """llhttp (the default) and h11 (pure Python, stricter) frame valid streams identically."""
@@ -257,7 +257,7 @@ def test_both_engines_agree_on_every_boundary(drain, requests, responses) -> Non
     assert drain(llhttp, [responses.stream, b""]) == drain(h11, [responses.stream, b""])
 
 
-@PROPS
+@settings(PROPS, max_examples=40)
 @given(request_streams(), response_streams(allow_close=False), st.binary(max_size=200), cuts_st)
 def test_upgrade_then_tunnel_for_any_split(engine, drain, requests, responses, tunnel,
                                            cuts) -> None:

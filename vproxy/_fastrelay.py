@@ -72,9 +72,9 @@ class FastRelay:
         self._buf = bytearray(_CHUNK)
         self._woken = trio.Event()
 
-    async def relay(self, link: Link, server: socket.socket, peer: socket.socket) -> Handover:
-        """Relay ``link`` here until it ends or must leave; returns the hand-over."""
-        handover = Handover()
+    async def relay(self, link: Link, server: socket.socket, peer: socket.socket,
+                    handover: Handover) -> None:
+        """Relay ``link`` here until it ends or must leave; ``handover`` then says why and how."""
         sides = handover.sides = (_Side(link, peer, server, INPUT, handover),
                                   _Side(link, server, peer, OUTPUT, handover))
         for side in sides:
@@ -86,12 +86,15 @@ class FastRelay:
         finally:
             for side in sides:
                 self._forget(side)
-        return handover
 
     def evict_all(self, reason: str) -> None:
         """Every link leaves now (the gateway became guarded)."""
         for side in list(self._sides.values()):
             self._finish(side.handover, reason)
+
+    def evict(self, handover: Handover, reason: str) -> None:
+        """One link leaves now (it needs a hold although the gateway is not guarded)."""
+        self._finish(handover, reason)
 
     def _forget(self, side: _Side) -> None:
         fd = side.src.fileno()
@@ -141,7 +144,7 @@ class FastRelay:
             if all(handover.ended):
                 self._finish(handover, "done")
             return
-        if side.direction == OUTPUT and link.gateway.guarded:
+        if side.direction == OUTPUT and (link.hold is not None or link.gateway.guarded):
             handover.pending[OUTPUT] = bytes(view[:n])  # to be held, not sent
             self._finish(handover, "guard")
             return

@@ -66,8 +66,9 @@ class Gateway:
         """A controller sent GUARD (on) or UNGUARD (off)."""
         if on:
             self._guards.add(session)
-        else:
+        else:  # a clean detach also lifts the guard a lost controller left behind
             self._guards.discard(session)
+            self._lost_guards = 0
         was, self.guarded = self.guarded, bool(self._guards) or self._lost_guards > 0
         if was != self.guarded:
             log.info("guard " + ("on" if self.guarded else "off"), controllers=len(self._guards))
@@ -113,9 +114,19 @@ class Gateway:
     async def _serve_route(self, route: Route, sock: socket.socket) -> None:
         async with trio.open_nursery() as nursery:
             while True:
-                client = await _sockio.accept(sock)
+                try:
+                    client = await _sockio.accept(sock)
+                except OSError as exc:  # EMFILE, ENFILE, ENOBUFS
+                    log.warning("accept failed", route=str(route.listen),
+                                cause=exc.strerror or str(exc))
+                    await trio.sleep(0.05)  # do not spin while out of file descriptors
+                    continue
+                try:
+                    link = Link(self, route, client, next(self._numbers))
+                except OSError:  # the client is already gone (getpeername: ENOTCONN)
+                    client.close()
+                    continue
                 self.stats.connections += 1
-                link = Link(self, route, client, next(self._numbers))
                 nursery.start_soon(link.run)
 
 

@@ -70,6 +70,7 @@ class Link:
         self._to_peer_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._peer: socket.socket | None = None  # where the server's output goes
+        self._handover: Handover | None = None  # set while on the fast path
         self._backlog: list[bytes | Mark] = []  # released by ``kick``, not sent yet
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -106,7 +107,9 @@ class Link:
         try:
             handover = Handover()
             if not self.gateway.guarded:
-                handover = await self.gateway.fast.relay(self, server, peer)
+                self._handover = handover
+                await self.gateway.fast.relay(self, server, peer, handover)
+                self._handover = None
                 if handover.reason in ("done", "error"):
                     if handover.error is not None:
                         self._reset(handover.error)
@@ -256,6 +259,8 @@ class Link:
     def holding(self) -> OutHold:
         """The link's hold, created at the current output offset the first time it is needed."""
         if self.hold is None:
+            if self._handover is not None:  # events for an unguarded link: leave the fast path
+                self.gateway.fast.evict(self._handover, "hold")
             self.hold = OutHold(self.out_offset)
             self.replacer.restart()
             if not self.gateway.guarded:

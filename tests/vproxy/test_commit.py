@@ -256,6 +256,11 @@ async def test_agent_loss_aborts_open_transactions_and_stays_guarded(start_gatew
     assert serving.gateway.guarded
     await net.send(server, b"more")
     await net.assert_silent(client)  # still guarded, nothing covers these bytes
+    # a new healer pairs and detaches cleanly: that lifts the guard the lost one left
+    ctl2 = await ScriptedController.connect(serving.control)
+    await ctl2.send(Unguard())
+    assert await net.recv_exactly(client, 4) == b"more"
+    assert not serving.gateway.guarded
 
 
 async def test_back_route_holds_the_servers_outgoing_request(start_gateway, upstream, net):
@@ -300,3 +305,22 @@ async def test_guard_arriving_mid_connection_holds_the_next_output(start_gateway
     assert await net.recv_exactly(client, 5) == b"after"
     await net.send(client, b"input still flows")
     assert await net.recv_exactly(server, 17) == b"input still flows"
+
+
+async def test_events_without_guard_hold_only_covered_bytes(start_gateway, upstream, net):
+    """A healer that never sent GUARD: its open transaction's range is held, the rest flows."""
+    serving = await start_gateway(on_abort="drop")
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    await net.send(server, b"a")
+    assert await net.recv_exactly(client, 1) == b"a"  # fast path, nothing known yet
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send(conn_of(1, server), Begin(1, None), Io(1, 1, "out", 1, 4))
+    await ctl.sync()
+    await net.send(server, b"bcd")
+    await _wait_held(serving, 3)
+    await net.assert_silent(client)
+    await ctl.send(Abort(1, "SIGSEGV"))
+    await net.send(server, b"e")
+    assert await net.recv_exactly(client, 1) == b"e"
+    assert not serving.gateway.guarded

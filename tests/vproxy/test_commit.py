@@ -324,3 +324,49 @@ async def test_events_without_guard_hold_only_covered_bytes(start_gateway, upstr
     await net.send(server, b"e")
     assert await net.recv_exactly(client, 1) == b"e"
     assert not serving.gateway.guarded
+
+
+async def test_one_gateway_front_and_back_routes_share_the_control_socket(start_gateway, upstream,
+                                                                          net):
+    """A payment front-end: the client's request comes in on the front route, the server's debit
+    goes out to the ledger on the back route; one transaction covers both outputs. Aborted, the
+    ledger never sees the debit and the client never sees the answer."""
+    ledger = upstream  # the backend
+    server_listener = trio.socket.socket()
+    await server_listener.bind(("127.0.0.1", 0))
+    server_listener.listen(4)
+    server_addr = Address("127.0.0.1", server_listener.getsockname()[1])
+    front = Route(Address("127.0.0.1", 0), server_addr, "raw", "front")
+    back = Route(Address("127.0.0.1", 0), ledger.address, "raw", "back")
+    serving = await start_gateway(routes=(front, back), on_abort="drop")
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send(Guard())
+    await ctl.sync()
+
+    client = await net.connect(serving.listening[0])
+    with trio.fail_after(5):
+        server_side, _ = await server_listener.accept()  # the protected server's socket
+    to_ledger = await net.connect(serving.listening[1])  # the server dials its ledger
+    ledger_side = await ledger.accept()
+    await ctl.send(conn_of(1, server_side), conn_of(2, to_ledger))
+
+    await net.send(client, b"PAY 100\n")
+    assert await net.recv_exactly(server_side, 8) == b"PAY 100\n"  # input is not held
+    await ctl.send(Begin(1, None), Io(1, 1, "in", 0, 8), Io(1, 2, "out", 0, 11),
+                   Io(1, 1, "out", 0, 3))
+    await net.send(to_ledger, b"DEBIT 100\n\n")
+    await net.send(server_side, b"OK\n")
+    await _wait_held(serving, 14)
+    await ctl.sync()
+    await net.assert_silent(ledger_side)
+    await net.assert_silent(client, 0.05)
+    await ctl.send(Abort(1, "SIGSEGV"))
+    await ctl.sync()
+    # the next, healthy payment goes through on both routes
+    await ctl.send(Begin(2, None), Io(2, 2, "out", 11, 20), Io(2, 1, "out", 3, 9), Commit(2))
+    await net.send(to_ledger, b"DEBIT 50\n")
+    await net.send(server_side, b"OK 50\n")
+    assert await net.recv_exactly(ledger_side, 9) == b"DEBIT 50\n"
+    assert await net.recv_exactly(client, 6) == b"OK 50\n"
+    server_listener.close()
+    server_side.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 import trio
 
@@ -97,10 +98,20 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
                          http_status=args.http_status)
 
 
+async def _serve_until_signal(config: GatewayConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly (the control socket is removed)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, config)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
-        trio.run(serve, config)
+        trio.run(_serve_until_signal, config)
     except GatewayError as exc:
         raise CliError(str(exc)) from None
     return 0

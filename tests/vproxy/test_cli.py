@@ -95,3 +95,10 @@ def test_serve_port_in_use_is_one_line(ctl_dir):
     err = out.stderr.decode().strip().splitlines()[-1]
     assert out.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in err
     assert "Traceback" not in out.stderr.decode()
+
+
+def test_sigterm_shuts_down_cleanly_and_removes_the_control_socket(serve_proc):
+    proc, _, control = serve_proc
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
+    assert not os.path.exists(control) and not os.path.exists(control + ".token")

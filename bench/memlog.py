@@ -38,7 +38,8 @@ STORES = 100
 TIMEOUT = 120
 
 
-def _source(modules: tuple[str, ...]) -> str:
+def harness_source(modules: tuple[str, ...]) -> str:
+    """tests/memlog's stand-in core around the agent modules named (bench/commit_latency too)."""
     csource = {f.name: f.read_text() for f in sorted(AGENT.glob("*.c"))}
     return (f"const CSOURCE = {json.dumps(csource)};\n" + (HARNESS / "harness.js").read_text()
             + "".join((AGENT / m).read_text() for m in modules)
@@ -55,7 +56,7 @@ def _measure(exe: Path, mode: str, calls: int) -> float:
         if mode != "native":
             session = frida.attach(proc.pid)
             script = session.create_script(
-                _source(("20_memlog.js",) if mode == "memlog" else ()))
+                harness_source(("20_memlog.js",) if mode == "memlog" else ()))
             script.load()
             script.exports_sync.init({}, ["bench_stores"], "never")
         # A warm-up call translates the blocks under Stalker once.

@@ -14,18 +14,24 @@
  *              contains "refuse"), else writes the answer line. g_stage is set to 1 before the read
  *              and 2 after it.
  *   STATE      outside any supervised function: "STATE stage=S served=N\n".
+ *   LAST       outside any supervised function: "LAST NS\n", the CLOCK_MONOTONIC time at which
+ *              the last successful handle_request had written its reply and was returning
+ *              (bench/commit_latency.py: from there to the client's receipt).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 int g_stage;
 int g_served;
+long long g_last_ns;
 
 static void
 crash (void)
@@ -45,6 +51,9 @@ handle_request (int fd, const char *name)
   char line[256];
   int n = snprintf (line, sizeof line, "%s\n", name);
   write (fd, line, n);
+  struct timespec now;
+  clock_gettime (CLOCK_MONOTONIC, &now);
+  g_last_ns = now.tv_sec * 1000000000LL + now.tv_nsec;
   return 0;
 }
 
@@ -105,6 +114,12 @@ serve_connection (int fd)
       int n = snprintf (line, sizeof line, "STATE stage=%d served=%d\n", g_stage, g_served);
       write (fd, line, n);
     }
+    else if (strncmp (buf, "LAST", 4) == 0)
+    {
+      char line[64];
+      int n = snprintf (line, sizeof line, "LAST %lld\n", g_last_ns);
+      write (fd, line, n);
+    }
     else
       write (fd, "ERROR unknown\n", 14);
     int used = (int) (nl + 1 - buf);
@@ -136,6 +151,8 @@ main (int argc, char **argv)
     int c = accept (s, NULL, NULL);
     if (c < 0)
       continue;
+    /* Replies are written in pieces: without this, Nagle + the client's delayed ACK add 40 ms. */
+    setsockopt (c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     serve_connection (c);
     close (c);
   }

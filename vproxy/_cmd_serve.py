@@ -110,8 +110,11 @@ async def _serve_until_signal(config: GatewayConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    failed: BaseException | None = None
     try:
         trio.run(_serve_until_signal, config)
-    except GatewayError as exc:
-        raise CliError(str(exc)) from None
+    except* GatewayError as group:  # raised inside the nursery, so it comes in a group
+        failed = group.exceptions[0]
+    if failed is not None:
+        raise CliError(str(failed))
     return 0

@@ -8,7 +8,9 @@ wrk (1 thread, 8 connections, keep-alive) fetches a ~1 KiB file from Apache (``-
 - ``vproxy-guarded``: the same with ``--control`` and a scripted controller that GUARDs and, for
   every response, sends ``BEGIN``/``IO in``/``IO out``/``COMMIT`` with the real offsets (Apache's
   responses to wrk have a fixed length, measured first). Every response is held until its commit
-  is applied: this measures the guarded hold/release path and the control parsing, without Frida.
+  is applied: this measures the guarded hold/release path and the control parsing, without Frida;
+- ``vproxy-guarded-raw``: the same with ``--protocol raw``: no HTTP framing of the held streams
+  (an abort then closes instead of answering 503), to show what the framing costs.
 
 Configurations alternate (A B C D A B C D ...) so drift on the shared machine hits all alike. For
 each: requests/s, p50/p99 latency (wrk), and the proxy's CPU per request (utime+stime of its
@@ -47,8 +49,9 @@ from vproxy.testing import ScriptedController
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 PATH = "/manual/style/lang.dtd"  # 907 bytes: the ~1 KiB file
-PORTS = {"apache": 18180, "haproxy": 18181, "vproxy-pass": 18182, "vproxy-guarded": 18183}
-CONFIGS = ("direct", "haproxy", "vproxy-pass", "vproxy-guarded")
+PORTS = {"apache": 18180, "haproxy": 18181, "vproxy-pass": 18182, "vproxy-guarded": 18183,
+         "vproxy-guarded-raw": 18184}
+CONFIGS = ("direct", "haproxy", "vproxy-pass", "vproxy-guarded", "vproxy-guarded-raw")
 WINDOW = 400  # responses announced ahead per connection by the guarded controller
 
 
@@ -109,10 +112,10 @@ listen web
         yield proc
 
 
-def _vproxy_argv(port: int, control: str | None) -> list[str]:
+def _vproxy_argv(port: int, control: str | None, protocol: str = "http") -> list[str]:
     argv = [sys.executable, "-m", "vproxy", "--log-level", "warning", "serve",
             "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{PORTS['apache']}",
-            "--protocol", "http"]
+            "--protocol", protocol]
     return argv + (["--control", control] if control else [])
 
 
@@ -242,7 +245,8 @@ def _target(name: str, workdir: Path, lengths: tuple[int, int]) -> Iterator[tupl
             yield PORTS[name], proc.pid
     else:
         control = str(workdir / "ctl.sock")
-        with _process(_vproxy_argv(PORTS[name], control), PORTS[name]) as proc:
+        protocol = "raw" if name.endswith("-raw") else "http"
+        with _process(_vproxy_argv(PORTS[name], control, protocol), PORTS[name]) as proc:
             while not os.path.exists(control + ".token"):
                 time.sleep(0.02)
             with _Controller(control, *lengths) as ctl:
@@ -317,7 +321,7 @@ def run(rounds: int, seconds: int, configs: list[str]) -> dict[str, list[dict[st
                         res = _wrk(port, seconds)
                         res["cpu_us_per_req"] = (_cpu(pid) - cpu0) * 1e6 / max(1, res["requests"])
                     results[name].append(res)
-                    print(f"  round {r + 1} {name:15} {res['rps']:9.0f} req/s  p50 "
+                    print(f"  round {r + 1} {name:19} {res['rps']:9.0f} req/s  p50 "
                           f"{res['p50_us']:7.0f} us  p99 {res['p99_us']:7.0f} us  proxy CPU "
                           f"{res['cpu_us_per_req']:5.1f} us/req", flush=True)
     finally:
@@ -336,11 +340,11 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
 
 
 def print_table(med: dict[str, dict[str, float]]) -> None:
-    print(f"\n{'config':16}{'req/s':>9}{'vs direct':>11}{'vs haproxy':>12}{'p50 us':>9}"
+    print(f"\n{'config':20}{'req/s':>9}{'vs direct':>11}{'vs haproxy':>12}{'p50 us':>9}"
           f"{'p99 us':>9}{'CPU us/req':>12}")
     for name, s in med.items():
         cpu = f"{s['cpu_us_per_req']:.1f}" if name != "direct" else "-"
-        print(f"{name:16}{s['rps']:9.0f}{s.get('rps_vs_direct', 1):11.2f}"
+        print(f"{name:20}{s['rps']:9.0f}{s.get('rps_vs_direct', 1):11.2f}"
               f"{s.get('rps_vs_haproxy', float('nan')):12.2f}{s['p50_us']:9.0f}"
               f"{s['p99_us']:9.0f}{cpu:>12}")
 

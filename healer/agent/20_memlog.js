@@ -41,6 +41,7 @@ const _memlogModule = (function () {
   let slabUsed = DESC_SLAB;
   const slabs = [];            // keeps every slab alive (Memory.alloc frees on GC)
   let unsupported = 0;         // stores the log cannot address (gs:, vector-indexed scatter)
+  let refollows = 0;
 
   function load() {
     if (cm !== null) return;
@@ -157,7 +158,16 @@ const _memlogModule = (function () {
   // Follow the calling thread (once) and give it a log. Must run on that thread (fs base).
   function enableThread(threadId, sp) {
     let st = threads.get(threadId);
-    if (st !== undefined) return st;
+    if (st !== undefined) {
+      if (st.refollow) {
+        // A heal resumed this thread at a real address: it left Stalker's code cache.
+        st.refollow = false;
+        Stalker.unfollow(threadId);
+        Stalker.follow(threadId, { transform: transformFor(st) });
+        refollows++;
+      }
+      return st;
+    }
     load();
     const log = Memory.alloc(LOG_STRUCT);
     const buf = Memory.alloc(logBytes);
@@ -207,7 +217,7 @@ const _memlogModule = (function () {
 
   // Undo tx's stores (and those of any open child), newest first. With config.rollback === false
   // (tests that prove the log matters) the entries are dropped without restoring.
-  function rollback(tx) {
+  function rollback(tx, fromFault) {
     const st = threads.get(tx.threadId);
     const m = st === undefined ? null : popTo(st, tx);
     if (m === null) return { restored: 0, complete: false, why: 'no marker for this transaction' };
@@ -216,6 +226,7 @@ const _memlogModule = (function () {
     else restored = cm._rollback(st.log, m.pos).toNumber();
     const complete = st.log.add(F.overflows).readU64().equals(m.overflows);
     setGate(st);
+    st.refollow = fromFault;
     if (!complete) {
       Sead.emit('log', { level: 'error', event: 'memlog-overflow', tx: tx.id,
         why: `the log (${logBytes} bytes a thread) filled up: rollback is incomplete; raise memlog.bytes` });
@@ -238,7 +249,7 @@ const _memlogModule = (function () {
   }
 
   function stats() {
-    const out = { threads: threads.size, logged: 0, loggedBytes: 0, skipped: 0, overflows: 0,
+    const out = { threads: threads.size, refollows, logged: 0, loggedBytes: 0, skipped: 0, overflows: 0,
       unreadable: 0, restored: 0, unsupported, rollback: config.rollback !== false };
     for (const st of threads.values()) {
       for (const k of ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored']) {
@@ -263,6 +274,12 @@ Sead.use({
   init(config) { _memlogModule.configure(config); },
   onTxBegin(tx) { _memlogModule.mark(tx); },
   onTxCommit(tx) { _memlogModule.commit(tx); },
-  onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
+  // A fault's heal resumes the thread at a real address, outside Stalker's code cache, so the next
+  // transaction on it must follow it again. An abort at the epilogue (50_txn.js sets the fault's
+  // address to the function's own) returns through the code cache as usual.
+  onTxAbort(tx, fault) {
+    const atEpilogue = fault.address && tx.fn && tx.fn.address && ptr(fault.address).equals(tx.fn.address);
+    fault.memlog = _memlogModule.rollback(tx, !atEpilogue);
+  },
   status() { return { memlog: _memlogModule.stats() }; },
 });

@@ -159,10 +159,8 @@ const _memlogModule = (function () {
   function enableThread(threadId, sp) {
     let st = threads.get(threadId);
     if (st !== undefined) {
-      if (st.refollow) {
-        // A heal resumed this thread at a real address: it left Stalker's code cache.
-        st.refollow = false;
-        Stalker.unfollow(threadId);
+      if (st.unfollowed) {
+        st.unfollowed = false;
         Stalker.follow(threadId, { transform: transformFor(st) });
         refollows++;
       }
@@ -217,7 +215,7 @@ const _memlogModule = (function () {
 
   // Undo tx's stores (and those of any open child), newest first. With config.rollback === false
   // (tests that prove the log matters) the entries are dropped without restoring.
-  function rollback(tx, fromFault) {
+  function rollback(tx) {
     const st = threads.get(tx.threadId);
     const m = st === undefined ? null : popTo(st, tx);
     if (m === null) return { restored: 0, complete: false, why: 'no marker for this transaction' };
@@ -226,7 +224,13 @@ const _memlogModule = (function () {
     else restored = cm._rollback(st.log, m.pos).toNumber();
     const complete = st.log.add(F.overflows).readU64().equals(m.overflows);
     setGate(st);
-    st.refollow = fromFault;
+    if (st.markers.length === 0) {
+      // A heal resumes the thread at a real address, outside Stalker's code cache (an abort at the
+      // epilogue returns through it). Either way: stop following here, and follow again at the
+      // next transaction, so the thread is never half in, half out.
+      Stalker.unfollow(tx.threadId);
+      st.unfollowed = true;
+    }
     if (!complete) {
       Sead.emit('log', { level: 'error', event: 'memlog-overflow', tx: tx.id,
         why: `the log (${logBytes} bytes a thread) filled up: rollback is incomplete; raise memlog.bytes` });
@@ -274,12 +278,6 @@ Sead.use({
   init(config) { _memlogModule.configure(config); },
   onTxBegin(tx) { _memlogModule.mark(tx); },
   onTxCommit(tx) { _memlogModule.commit(tx); },
-  // A fault's heal resumes the thread at a real address, outside Stalker's code cache, so the next
-  // transaction on it must follow it again. An abort at the epilogue (50_txn.js sets the fault's
-  // address to the function's own) returns through the code cache as usual.
-  onTxAbort(tx, fault) {
-    const atEpilogue = fault.address && tx.fn && tx.fn.address && ptr(fault.address).equals(tx.fn.address);
-    fault.memlog = _memlogModule.rollback(tx, !atEpilogue);
-  },
+  onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
   status() { return { memlog: _memlogModule.stats() }; },
 });

@@ -79,8 +79,13 @@ class OutHold:
 
     def add_range(self, rng: OutRange) -> None:
         """Register a transaction's output range (any order, before or after its bytes arrive)."""
-        if rng.end > self.base:
-            bisect.insort(self.ranges, rng)
+        if rng.end <= self.base:
+            return
+        ranges = self.ranges
+        if not ranges or ranges[-1].start <= rng.start:
+            ranges.append(rng)  # the usual case: ranges come in stream order
+        else:
+            bisect.insort(ranges, rng)
 
     def add_mark(self, mark: Mark) -> None:
         """Register a replacement/close point, kept in stream order."""

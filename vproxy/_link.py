@@ -106,7 +106,7 @@ class Link:
         self.log.debug("relaying", upstream=str(route.upstream))
         try:
             handover = Handover()
-            if not self.gateway.guarded:
+            if not self.gateway.guarded and self.hold is None:  # (events may precede us)
                 self._handover = handover
                 await self.gateway.fast.relay(self, server, peer, handover)
                 self._handover = None

@@ -19,6 +19,7 @@ from pathlib import Path
 import frida
 import pytest
 
+from healer._agent_source import agent_source
 from protocols import control as c
 from targets import build
 
@@ -103,6 +104,13 @@ class Server:
         self.script.on("message", lambda m, d: self.events.append(m.get("payload", m)))
         self.script.load()
         self.script.exports_sync.init(config, list(functions), abort)
+
+    def instrument_agent(self, config: dict) -> None:
+        """The real agent (healer/agent, every module) instead of the stand-in core."""
+        self.script = self.session.create_script(agent_source())
+        self.script.on("message", lambda m, d: self.events.append(m.get("payload", m)))
+        self.script.load()
+        self.script.exports_sync.init(config)
 
     def status(self) -> dict:
         assert self.script is not None

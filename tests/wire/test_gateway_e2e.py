@@ -37,13 +37,18 @@ async def guarded(serving) -> None:
             await trio.sleep(0.01)
 
 
-async def start(nursery, server, tmp_path):
+async def start(nursery, server, tmp_path, *, real_agent: bool = False):
+    """vproxy.serve in front of ``server``, the agent paired with it, a client connected."""
     config = GatewayConfig(routes=(Route(Address("127.0.0.1", 0),
                                          Address("127.0.0.1", server.port), "line"),),
                            control=str(tmp_path / "ctl.sock"))
     serving = await nursery.start(vproxy.serve, config)
-    await trio.to_thread.run_sync(server.instrument,
-                                  {"control": {"path": serving.control, "token": serving.token}})
+    control = {"control": {"path": serving.control, "token": serving.token}}
+    if real_agent:
+        coverage = {"mode": "list", "functions": ["handle_request", "handle_exchange"]}
+        await trio.to_thread.run_sync(server.instrument_agent, {**control, "coverage": coverage})
+    else:
+        await trio.to_thread.run_sync(server.instrument, control)
     await guarded(serving)
     client = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listen = serving.listening[0]

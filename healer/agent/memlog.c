@@ -106,7 +106,9 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
   guint64 padded, total;
   guint8 *entry;
 
-  if (n == 0)
+  /* The first 64 KiB are never mapped (vm.mmap_min_addr): the store itself will fault there, and
+   * it should be the store that faults (the heal reports its address), not this copy. */
+  if (n == 0 || addr < 0x10000)
     return;
   if (addr >= log->skip_lo && addr < log->skip_hi)
   {

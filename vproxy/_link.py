@@ -62,7 +62,8 @@ class Link:
         self.out_offset = 0  # server output bytes received
         self.in_offset = 0  # bytes delivered to the server (its input offsets, replays included)
         self.replays_left = gateway.config.replay_budget
-        self.replacer = Replacer(route.protocol, gateway.config.http_status)
+        self.replacer = Replacer(route.protocol, gateway.config.http_status,
+                                 frame=gateway.config.on_abort == "replace")
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._server_eof = False

@@ -25,10 +25,13 @@ class Replacer:
     Args:
         protocol: the route's protocol (``raw`` never replaces).
         http_status: 500 or 503 for HTTP replacements.
+        frame: False when no replacement will ever be asked for (``--on-abort drop|close``):
+            the streams are then not framed at all (framing HTTP costs ~45 us per request).
     """
 
-    def __init__(self, protocol: Protocol, http_status: int) -> None:
+    def __init__(self, protocol: Protocol, http_status: int, *, frame: bool = True) -> None:
         self.protocol = protocol
+        self._frame = frame
         self.http_status = http_status
         self.closes_after = protocol == "http"  # the replacement says Connection: close
         self._framer: _Framer | None = None
@@ -40,8 +43,8 @@ class Replacer:
 
     def restart(self) -> None:
         """A hold starts at the current stream position, taken to be a message boundary."""
-        self._framer = self._new_framer()
-        self._requests = http.RequestFramer() if self.protocol == "http" else None
+        self._framer = self._new_framer() if self._frame else None
+        self._requests = http.RequestFramer() if self._frame and self.protocol == "http" else None
         self._unanswered.clear()
         self._fed = self._boundary = 0
         self._broken = False

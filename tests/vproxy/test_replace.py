@@ -75,15 +75,29 @@ async def test_http_abort_becomes_503_with_close(start_gateway, upstream, net, m
     assert b"200" not in replacement
 
 
-async def test_http_unreachable_upstream_gets_502(nursery, net):
+@pytest.mark.parametrize("on_abort", ["replace", "drop"])
+async def test_http_unreachable_upstream_gets_502(nursery, net, on_abort):
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
     port = dead.getsockname()[1]
     config = GatewayConfig(routes=(Route(Address("127.0.0.1", 0), Address("127.0.0.1", port),
-                                         "http"),))
+                                         "http"),), on_abort=on_abort)
     serving = await nursery.start(serve, config)
     client = await net.connect(serving.listening[0])
     await net.send(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     answer = await net.recv_to_eof(client)
     dead.close()
     assert answer.startswith(b"HTTP/1.1 502 ") and b"Connection: close" in answer
+
+
+async def test_http_close_policy_frames_nothing_and_closes(start_gateway, upstream, net):
+    serving, ctl, client, server = await _guarded(start_gateway, upstream, net, "http",
+                                                  on_abort="close")
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    await net.send(client, request)
+    assert await net.recv_exactly(server, len(request)) == request
+    await ctl.send(Begin(1, None), Io(1, 1, "in", 0, len(request)), Io(1, 1, "out", 0, 12),
+                   Abort(1, "SIGSEGV"))
+    await net.send(server, b"HTTP/1.1 200")
+    assert await net.recv_to_eof(client) == b""
+    assert serving.gateway.stats.replacements == 0

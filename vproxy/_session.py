@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 Key = tuple[c.Endpoint, c.Endpoint]
 
 _MAX_WAITING: Final = 4096
+_MAX_ERRORS: Final = 100
 log = structlog.get_logger("vproxy.control")
 
 OPEN: Final = "open"
@@ -75,6 +76,7 @@ class ControlSession:
         self.hello: c.Hello | None = None
         self.closed = False
         self.guarding = False
+        self._errors = 0
         self._txs: dict[int, _Tx] = {}
         self._cids: dict[int, _Binding] = {}
         self._handlers: dict[type, Callable[[c.Message], bytes]] = {
@@ -99,8 +101,8 @@ class ControlSession:
 
     def _handle(self, msg: c.Message | c.Malformed) -> bytes:
         if isinstance(msg, c.Malformed):
-            log.warning("control line refused", reason=msg.error.reason, line=msg.error.line)
-            return c.encode(c.Err("malformed", f"{msg.error.reason}; see docs/control-protocol.md"))
+            return self._err("malformed", f"{msg.error.reason}: {msg.error.line[:60]!a}; see "
+                                          "docs/control-protocol.md")
         if self.hello is None:
             return self._first(msg)
         if self.hello.role == "admin" and not isinstance(msg, c.Ping | c.Stats):
@@ -113,7 +115,15 @@ class ControlSession:
         return handler(msg)
 
     def _err(self, code: str, text: str) -> bytes:
+        """An ERR answer; after ``_MAX_ERRORS`` only a log line, so an agent that never reads
+        its socket cannot make the gateway block on a full buffer of answers."""
+        self._errors += 1
+        if self._errors > _MAX_ERRORS:
+            log.debug("control line refused (answer suppressed)", code=code, text=text)
+            return b""
         log.warning("control line refused", code=code, text=text)
+        if self._errors == _MAX_ERRORS:
+            text += f" (last ERR on this connection: {_MAX_ERRORS} refused lines)"
         return c.encode(c.Err(code, text))
 
     def _first(self, msg: c.Message) -> bytes:

@@ -118,3 +118,16 @@ async def test_control_user_owns_socket_and_token(start_gateway):
         st = os.stat(path)
         assert (st.st_uid, st.st_gid) == (entry.pw_uid, entry.pw_gid)
         assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+async def test_error_answers_are_capped_and_non_ascii_is_escaped(start_gateway):
+    """An agent that floods bad lines (and may never read) gets at most 100 ERR answers."""
+    serving = await start_gateway()
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send_raw(b"FROB \xff\xfe\n")
+    answer = await ctl.receive()
+    assert isinstance(answer, Err) and answer.code == "malformed" and answer.text.isascii()
+    await ctl.send_raw(b"COMMIT 7\n" * 150)
+    codes = [(await ctl.receive()).code for _ in range(99)]  # type: ignore[union-attr]
+    assert codes == ["unknown-tx"] * 99
+    await ctl.sync()  # the next answer is the PONG: the other 51 ERRs were only logged

@@ -1,20 +1,21 @@
 """Cost of the memory log per logged store, against native and against Interceptor-only.
 
-memlog_target's ``bench N`` calls ``bench_stores`` (100 stores to a global) N times and prints the
+memlog_target's ``bench N K`` calls ``bench_stores`` (K stores to a global) N times and prints the
 time per call. Three configurations are measured side by side in one run, alternating rounds, in
 one process each (median of the rounds):
 
 - ``native``: no Frida;
 - ``interceptor``: the function hooked as a transaction (JS onEnter/onLeave of the stand-in core,
   tests/memlog/harness*.js), no memory log;
-- ``memlog``: the same plus 20_memlog.js: the thread followed by Stalker once, a C callout before
-  each store, the old bytes logged, entries dropped at commit.
+- ``memlog``: the same plus 20_memlog.js: the thread followed by Stalker once, an inline call of
+  memlog_store before each store, the old bytes logged, entries dropped at commit.
 
-Prints ns per call and per logged store ((memlog - interceptor) / 100) and the ratios; writes
-``bench/results/memlog.json``.
+Each is measured at FEW and MANY stores a call: the cost per logged store is the slope
+((memlog@MANY - memlog@FEW) / (MANY - FEW)), the fixed cost of a supervised call the rest. Prints
+both and the ratios; writes ``bench/results/memlog.json``.
 
     python -m bench memlog
-    python -m bench.memlog --calls 20000 --rounds 5
+    python -m bench.memlog --calls 5000 --rounds 5
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 AGENT = ROOT / "healer" / "agent"
 HARNESS = ROOT / "tests" / "memlog"
-STORES = 100
+FEW, MANY = 10, 1000
 TIMEOUT = 120
 
 
@@ -46,7 +47,8 @@ def harness_source(modules: tuple[str, ...]) -> str:
             + (HARNESS / "harness_main.js").read_text())
 
 
-def _measure(exe: Path, mode: str, calls: int) -> float:
+def _measure(exe: Path, mode: str, calls: int) -> dict[int, float]:
+    """ns per call at FEW and at MANY stores, in one process."""
     proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     session = None
     try:
@@ -59,12 +61,13 @@ def _measure(exe: Path, mode: str, calls: int) -> float:
                 harness_source(("20_memlog.js",) if mode == "memlog" else ()))
             script.load()
             script.exports_sync.init({}, ["bench_stores"], "never")
-        # A warm-up call translates the blocks under Stalker once.
-        for n in (100, calls):
-            proc.stdin.write(f"bench {n}\n")
+        out = {}
+        # The warm-up runs translate the blocks under Stalker once.
+        for n, stores in ((10, FEW), (10, MANY), (calls, FEW), (calls, MANY)):
+            proc.stdin.write(f"bench {n} {stores}\n")
             proc.stdin.flush()
-            line = proc.stdout.readline()
-        return float(line.split("ns=")[1])
+            out[stores] = float(proc.stdout.readline().split("ns=")[1])
+        return out
     finally:
         proc.kill()
         proc.wait(timeout=TIMEOUT)
@@ -75,28 +78,30 @@ def _measure(exe: Path, mode: str, calls: int) -> float:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench memlog", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     exe = build("memlog_target", opt="-O2")
     modes = ("native", "interceptor", "memlog")
-    samples: dict[str, list[float]] = {m: [] for m in modes}
+    samples: dict[str, list[dict[int, float]]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         for m in modes:
             samples[m].append(_measure(exe, m, args.calls))
-    med = {m: statistics.median(v) for m, v in samples.items()}
-    per_store = (med["memlog"] - med["interceptor"]) / STORES
+    med = {m: {k: statistics.median(r[k] for r in v) for k in (FEW, MANY)}
+           for m, v in samples.items()}
+    slope = {m: (med[m][MANY] - med[m][FEW]) / (MANY - FEW) for m in modes}
+    fixed = {m: med[m][FEW] - FEW * slope[m] for m in modes}
     result = {"calls": args.calls, "rounds": args.rounds, "ns_per_call": med,
-              "ns_per_logged_store": per_store,
-              "memlog_vs_native": med["memlog"] / med["native"],
-              "memlog_vs_interceptor": med["memlog"] / med["interceptor"],
-              "interceptor_vs_native": med["interceptor"] / med["native"], "samples": samples}
+              "ns_per_store": slope, "ns_fixed_per_call": fixed,
+              "store_memlog_vs_native": slope["memlog"] / slope["native"],
+              "call_memlog_vs_interceptor": fixed["memlog"] / fixed["interceptor"],
+              "samples": samples}
     for m in modes:
-        print(f"{m:12s} {med[m]:10.1f} ns/call ({STORES} stores)")
-    print(f"per logged store: {per_store:.1f} ns")
-    print(f"ratios: memlog/native {result['memlog_vs_native']:.1f}x, memlog/interceptor "
-          f"{result['memlog_vs_interceptor']:.2f}x, interceptor/native "
-          f"{result['interceptor_vs_native']:.1f}x")
+        print(f"{m:12s} {med[m][FEW]:9.1f} ns/call at {FEW} stores, {med[m][MANY]:10.1f} at {MANY}:"
+              f" {slope[m]:7.2f} ns per store, {fixed[m]:8.1f} ns fixed per call")
+    print(f"per logged store: {slope['memlog']:.1f} ns ({result['store_memlog_vs_native']:.0f}x a "
+          f"native store); fixed cost of a supervised call with the log: "
+          f"{result['call_memlog_vs_interceptor']:.2f}x Interceptor-only")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memlog.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -4,8 +4,8 @@
 // unfollow per call re-translates every block (~1.75 ms a call). Logging is gated per thread: the
 // gate is on only while a supervised transaction is open, and it is switched from the core's hooks,
 // which run in Frida's own (excluded, hence native) code, so Frida's writes are never logged.
-// Every instruction with a memory destination gets a C callout (memlog.c) that copies the bytes it
-// is about to overwrite into the thread's preallocated log, unless they lie on the thread's own
+// Every instruction with a memory destination gets an inline call of memlog_store (memlog.c) that
+// copies the bytes it is about to overwrite into the thread's preallocated log, unless they lie on the thread's own
 // stack below the innermost transaction's entry sp (that frame dies with the virtualized return).
 // A transaction's marker is the log length at its entry; rollback undoes back to it, newest first.
 
@@ -100,6 +100,46 @@ const _memlogModule = (function () {
     return [-1, false];
   }
 
+  const REG_NAMES = Object.keys(REGS);
+  // Saved around the call to memlog_store: what the SysV ABI lets a C function clobber.
+  const SAVED = ['rax', 'rcx', 'rdx', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11'];
+  const RED_ZONE = 128;
+  const FRAME = RED_ZONE + 8 * (SAVED.length + 1);   // + flags
+
+  // Load the value register `num` had at the store into `dst`, with SAVED already pushed.
+  function loadReg(it, dst, num) {
+    if (num === 0) {
+      it.putMovRegU64(dst, 0);
+      return;
+    }
+    const reg = REG_NAMES[num - 1];
+    if (reg === 'rsp') it.putLeaRegRegOffset(dst, 'rsp', FRAME);
+    else if (SAVED.indexOf(reg) >= 0) {
+      it.putMovRegRegOffsetPtr(dst, 'rsp', 8 * (SAVED.length - 1 - SAVED.indexOf(reg)));
+    } else it.putMovRegReg(dst, reg);
+  }
+
+  // memlog_store(base, index, rcx, desc) before the store, every register and flag preserved,
+  // the red zone below rsp left alone and the stack 16-byte aligned for the call.
+  function putStoreLog(it, e) {
+    it.putLeaRegRegOffset('rsp', 'rsp', -RED_ZONE);
+    it.putPushfx();
+    for (const r of SAVED) it.putPushReg(r);
+    loadReg(it, 'rdi', e.base);
+    loadReg(it, 'rsi', e.index);
+    loadReg(it, 'rdx', REGS.rcx);
+    it.putMovRegAddress('rcx', e.desc);
+    it.putPushReg('rbx');
+    it.putMovRegReg('rbx', 'rsp');
+    it.putAndRegU32('rsp', 0xfffffff0);
+    it.putCallAddress(cm.memlog_store);
+    it.putMovRegReg('rsp', 'rbx');
+    it.putPopReg('rbx');
+    for (let i = SAVED.length - 1; i >= 0; i--) it.putPopReg(SAVED[i]);
+    it.putPopfx();
+    it.putLeaRegRegOffset('rsp', 'rsp', RED_ZONE);
+  }
+
   // The store descriptor of one instruction, or null if it writes no memory we log.
   function describe(insn, st) {
     const ops = insn.operands;
@@ -135,11 +175,10 @@ const _memlogModule = (function () {
     d.add(21).writeU8(index);
     d.add(22).writeU8(mem.scale || 1);
     d.add(23).writeU8(flags);
-    return d;
+    return { desc: d, base, index };
   }
 
   function transformFor(st) {
-    const onStore = cm.memlog_on_store;
     return function (iterator) {
       let insn;
       while ((insn = iterator.next()) !== null) {
@@ -149,7 +188,7 @@ const _memlogModule = (function () {
           d = describe(insn, st);
           st.descs.set(key, d);
         }
-        if (d !== null) iterator.putCallout(onStore, d);
+        if (d !== null) putStoreLog(iterator, d);
         iterator.keep();
       }
     };

@@ -39,7 +39,7 @@ enum {
   DESC_MASKED = 8,    /* AVX-512 masked store: may touch fewer bytes than its width */
 };
 
-/* Register numbers shared with 20_memlog.js (REGS there). 0 means none. */
+/* One store instruction; base and index are register numbers of 20_memlog.js (0: none). */
 struct _StoreDesc {
   MemLog *log;
   gint64 disp;        /* for rip-relative operands: the absolute address, base = none */
@@ -54,31 +54,6 @@ extern long memlog_process_vm_readv (int pid, const void *local, unsigned long n
                                      const void *remote, unsigned long nremote,
                                      unsigned long flags);
 extern int memlog_getpid (void);
-
-static guint64
-reg_value (GumCpuContext *c, guint8 r)
-{
-  switch (r)
-  {
-    case 1: return c->rax;
-    case 2: return c->rbx;
-    case 3: return c->rcx;
-    case 4: return c->rdx;
-    case 5: return c->rsi;
-    case 6: return c->rdi;
-    case 7: return c->rbp;
-    case 8: return c->rsp;
-    case 9: return c->r8;
-    case 10: return c->r9;
-    case 11: return c->r10;
-    case 12: return c->r11;
-    case 13: return c->r12;
-    case 14: return c->r13;
-    case 15: return c->r14;
-    case 16: return c->r15;
-    default: return 0;
-  }
-}
 
 static void
 copy_bytes (guint8 *dst, const guint8 *src, guint64 n)
@@ -148,28 +123,27 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
   log->logged_bytes += n;
 }
 
-/* The Stalker callout placed before every store of a followed thread. */
+/*
+ * Called before every store of a followed thread, from code the transform writes inline (20_memlog.js
+ * saves the caller-saved registers and flags and passes the operand's register values): a Stalker
+ * callout saves the whole CPU context and cost ~150 ns a store; this costs a few pushes.
+ */
 void
-memlog_on_store (GumCpuContext *ctx, gpointer user_data)
+memlog_store (guint64 base, guint64 index, guint64 rcx, StoreDesc *d)
 {
-  StoreDesc *d = user_data;
   MemLog *log = d->log;
   guint64 addr, n;
 
   if (!log->on)
     return;
-  addr = (guint64) d->disp;
-  if (d->base != 0)
-    addr += reg_value (ctx, d->base);
-  if (d->index != 0)
-    addr += reg_value (ctx, d->index) * d->scale;
+  addr = (guint64) d->disp + base + index * d->scale;
   if (d->flags & DESC_ADDR32)
     addr &= 0xffffffff;
   if (d->flags & DESC_FS)
     addr += log->fs_base;
   n = d->size;
   if (d->flags & DESC_REP)
-    n *= ctx->rcx;
+    n *= rcx;
   record (log, addr, n, (d->flags & DESC_MASKED) != 0);
 }
 

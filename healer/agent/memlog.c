@@ -1,17 +1,17 @@
 /*
  * The memory log (STEM section 3.3.1): the old bytes of every store a supervised function makes,
- * recorded by a Stalker callout placed before each instruction with a memory destination, undone
- * in reverse order on abort.  Loaded by 20_memlog.js as CSOURCE["memlog.c"].
+ * recorded by a call the Stalker transform places before each instruction with a memory
+ * destination, undone in reverse order on abort.  Loaded by 20_memlog.js as CSOURCE["memlog.c"].
  *
  * Every followed thread has one MemLog (preallocated storage, the paper's proposed enhancement);
  * every translated store instruction has one StoreDesc that points at its thread's MemLog, so the
- * callout needs no thread lookup.  There are no C globals: CModule globals were read-only in this
+ * call needs no thread lookup.  There are no C globals: CModule globals were read-only in this
  * setup (see shared/notes/frida-findings.md), all state lives in memory the script allocates.
  *
  * Log layout: entries back to back, each  [u64 addr][u64 len][len bytes, padded to 8][u64 size]
  * where the trailing size (header + padded data + trailer) lets rollback walk backwards.
  */
-#include <gum/gumstalker.h>
+#include <glib.h>
 
 typedef struct _MemLog MemLog;
 typedef struct _StoreDesc StoreDesc;
@@ -124,9 +124,9 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
 }
 
 /*
- * Called before every store of a followed thread, from code the transform writes inline (20_memlog.js
- * saves the caller-saved registers and flags and passes the operand's register values): a Stalker
- * callout saves the whole CPU context and cost ~150 ns a store; this costs a few pushes.
+ * Called before every store of a followed thread, from code the transform writes inline
+ * (20_memlog.js saves the caller-saved registers and flags and passes the operand's register
+ * values): a Stalker callout saves the whole CPU context and cost ~8x more a store.
  */
 void
 memlog_store (guint64 base, guint64 index, guint64 rcx, StoreDesc *d)

@@ -362,6 +362,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         else:
             ax.bar(i, 0.0)
             ax.text(i, 0.0, "not\navailable", ha="center", va="bottom", fontsize=8)
+    native = summary["configs"].get("native", {})
+    if native.get("available"):
+        for factor, what in ((1.35, "goal for COSAK 1.35x"), (1.73, "paper STEM 1.73x")):
+            ax.axhline(native["median_seconds"] * factor, ls="--", lw=0.8, color="grey")
+            ax.text(-0.4, native["median_seconds"] * factor, what, ha="left",
+                    va="bottom", fontsize=7, color="grey")
+    ax.margins(y=0.2)
     ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_ylabel("wget -r /manual/ median seconds")
     ax.set_title(f"Apache manual crawl ({summary['rounds']} alternating rounds)")

@@ -1,0 +1,212 @@
+// Supervision coverage (STEM section 3.2): which functions run as transactions. Function discovery
+// (main executable's symbol table, exports and imports), hooking with the C listeners of txn.c, and
+// the policies NONE, ALL, RANDOM:PCT, COSAK:DEPTH and LIST. The per-call decision is taken at
+// analysis time in txn.c (mode + per-function flag + COSAK depth), so a reload changes it while the
+// server runs; RANDOM and LIST hook only the functions they pick, ALL and COSAK hook every function.
+'use strict';
+
+Sead.coverage = (() => {
+  const MODES = { none: 0, all: 1, random: 2, list: 2, cosak: 3 };
+  const NOT_FUNCTIONS = new Set(['_start', '_init', '_fini', 'main', 'frame_dummy', 'register_tm_clones',
+    'deregister_tm_clones', '__do_global_dtors_aux', '__libc_csu_init', '__libc_csu_fini',
+    '_dl_relocate_static_pie']);
+  const MIN_HOOK_SIZE = 5; // a 5-byte jmp must fit: smaller functions cannot be intercepted
+  const INPUT_CALLS = ['read', 'recv', 'recvfrom', 'recvmsg', 'readv'];
+  const INFO = { index: 0, address: 8, supervise: 16, trampoline: 24, calls: 32, inject: 40 };
+
+  const fns = [];          // discovered functions of the main executable
+  const byName = new Map();
+  const byAddr = new Map();
+  const byInfoKey = new Map();
+  const unhookable = [];   // {name, reason}: listed, never silently skipped
+  let infos = null;
+  let extra = [];          // functions outside the main executable hooked on demand (LIST, inject)
+  let spec = { mode: 'none' };
+
+  function register(name, address, size, origin) {
+    const key = address.toString();
+    if (byAddr.has(key)) {
+      byName.set(name, byAddr.get(key));
+      return;
+    }
+    const fn = { name, address, size, origin, info: null, listener: null, trampoline: null };
+    fns.push(fn);
+    byAddr.set(key, fn);
+    byName.set(name, fn);
+  }
+
+  function discover() {
+    const main = Process.mainModule;
+    const inMain = a => a.compare(main.base) >= 0 && a.compare(main.base.add(main.size)) < 0;
+    for (const s of main.enumerateSymbols()) {
+      if (s.type === 'function' && !s.address.isNull() && inMain(s.address) && !NOT_FUNCTIONS.has(s.name)) {
+        register(s.name, s.address, s.size || 0, 'symbol');
+      }
+    }
+    for (const e of main.enumerateExports()) {
+      if (e.type === 'function' && !NOT_FUNCTIONS.has(e.name)) register(e.name, e.address, 0, 'export');
+    }
+    infos = Memory.alloc(Sead.txn.FN_INFO_SIZE * (fns.length + 256));
+    fns.forEach((fn, i) => attachInfo(fn, i));
+  }
+
+  function attachInfo(fn, i) {
+    fn.info = infos.add(Sead.txn.FN_INFO_SIZE * i);
+    fn.info.add(INFO.index).writeU64(i);
+    fn.info.add(INFO.address).writeU64(uint64(fn.address.toString()));
+    byInfoKey.set(fn.info.toString(), fn);
+  }
+
+  // A function by name: the main executable first, then its imports, then any loaded module.
+  function resolve(name) {
+    if (byName.has(name)) return byName.get(name);
+    let address = null;
+    const imp = Process.mainModule.enumerateImports().find(i => i.name === name && i.address);
+    if (imp !== undefined) address = imp.address;
+    if (address === null) address = Module.findGlobalExportByName(name);
+    if (address === null) return null;
+    if (byAddr.has(address.toString())) return byAddr.get(address.toString());
+    if (extra.length >= 256) return null; // FnInfo slots reserved by discover()
+    register(name, address, 0, imp !== undefined ? 'import' : 'library');
+    const fn = byAddr.get(address.toString());
+    extra.push(fn);
+    attachInfo(fn, fns.indexOf(fn));
+    return fn;
+  }
+
+  // Frida's on-leave trampoline of a hooked function: resuming there (instead of at the return
+  // address) lets Frida pop its invocation entry. Decoded from the patched prologue: it jumps to the
+  // on-enter trampoline `push [rip+d]; jmp thunk`; the on-leave one pushes the same slot.
+  function findTrampoline(address) {
+    const j = Instruction.parse(address);
+    if (j.mnemonic !== 'jmp') return null;
+    const op = j.operands[0];
+    const enter = op.type === 'imm' ? ptr(op.value)
+      : op.type === 'mem' && op.value.base === 'rip' ? j.next.add(op.value.disp).readPointer() : null;
+    if (enter === null || enter.readU8() !== 0xff || enter.add(1).readU8() !== 0x35) return null;
+    const slot = enter.add(6).add(enter.add(2).readS32());
+    for (let a = enter.add(6); a.compare(enter.add(96)) < 0; a = a.add(1)) {
+      if (a.readU8() === 0xff && a.add(1).readU8() === 0x35 && a.add(6).add(a.add(2).readS32()).equals(slot)) {
+        return a;
+      }
+    }
+    return null;
+  }
+
+  function hook(fn) {
+    if (fn.listener !== null) return true;
+    if (fn.size !== 0 && fn.size < MIN_HOOK_SIZE) {
+      note(fn, `${fn.size} bytes: too small for a 5-byte jump`);
+      return false;
+    }
+    try {
+      fn.listener = Interceptor.attach(fn.address, Sead.txn.listener(), fn.info);
+    } catch (e) {
+      note(fn, e.message);
+      return false;
+    }
+    fn.pendingTrampoline = true;
+    return true;
+  }
+
+  function note(fn, reason) {
+    if (!unhookable.some(u => u.name === fn.name)) unhookable.push({ name: fn.name, reason });
+  }
+
+  function unhook(fn) {
+    if (fn.listener === null) return;
+    fn.listener.detach();
+    fn.listener = null;
+    fn.trampoline = null;
+    fn.info.add(INFO.trampoline).writeU64(0);
+  }
+
+  function learnTrampolines() {
+    Interceptor.flush();
+    for (const fn of fns) {
+      if (!fn.pendingTrampoline) continue;
+      fn.pendingTrampoline = false;
+      fn.trampoline = findTrampoline(fn.address);
+      if (fn.trampoline !== null) fn.info.add(INFO.trampoline).writeU64(uint64(fn.trampoline.toString()));
+    }
+  }
+
+  // Parse and check a coverage spec {mode, percent, depth, functions} before anything changes, so
+  // a bad reload leaves the old coverage in force.
+  function check(next) {
+    if (!(next.mode in MODES)) throw new Error(`unknown coverage mode '${next.mode}'`);
+    if (next.mode === 'list') {
+      const unknown = (next.functions || []).filter(n => resolve(n) === null);
+      if (unknown.length) {
+        throw new Error(`unknown function(s) in the coverage list: ${unknown.join(', ')}; ` +
+          'list names from `nm -D` or the symbol table of the executable');
+      }
+    }
+  }
+
+  function apply(next) {
+    check(next);
+    Sead.txn.setEnabled(false);
+    const chosen = new Set();
+    if (next.mode === 'all' || next.mode === 'cosak') fns.forEach(f => chosen.add(f));
+    if (next.mode === 'random') {
+      const pct = next.percent === undefined ? 50 : next.percent;
+      for (const f of fns) if (Math.random() * 100 < pct) chosen.add(f);
+    }
+    if (next.mode === 'list') for (const n of next.functions || []) chosen.add(resolve(n));
+    for (const f of fns) if (f.info.add(INFO.inject).readU64().toNumber() !== 0 || f.forced) chosen.add(f);
+    for (const f of fns) {
+      f.info.add(INFO.supervise).writeU64(f.forced || (next.mode !== 'all' && next.mode !== 'cosak' &&
+        chosen.has(f)) ? 1 : 0);
+      if (chosen.has(f)) hook(f); else unhook(f);
+    }
+    learnTrampolines();
+    Sead.txn.setMode(MODES[next.mode], next.depth);
+    spec = next;
+    Sead.txn.setEnabled(true);
+  }
+
+  // Supervise `name` from now on whatever the mode (the profile's anomaly detector, `healer alert`).
+  function supervise(name) {
+    const fn = resolve(name);
+    if (fn === null) throw new Error(`no function named '${name}' in the target`);
+    fn.forced = true;
+    fn.info.add(INFO.supervise).writeU64(1);
+    if (hook(fn)) learnTrampolines();
+    return fn;
+  }
+
+  function ensureHooked(name) {
+    const fn = resolve(name);
+    if (fn === null) throw new Error(`no function named '${name}' in the target`);
+    if (hook(fn)) learnTrampolines();
+    return fn;
+  }
+
+  function installInputHooks() {
+    const libc = Process.getModuleByName('libc.so.6');
+    for (const name of INPUT_CALLS) {
+      const a = libc.findExportByName(name);
+      if (a !== null) Interceptor.attach(a, Sead.txn.inputListener());
+    }
+  }
+
+  function init(config) {
+    discover();
+    installInputHooks();
+    apply(config.coverage || { mode: 'none' });
+  }
+
+  function status() {
+    const hooked = fns.filter(f => f.listener !== null);
+    return { mode: spec.mode, depth: spec.depth, percent: spec.percent, discovered: fns.length,
+      hooked: hooked.length, noTrampoline: hooked.filter(f => f.trampoline === null).map(f => f.name),
+      unhookable: unhookable.slice(),
+      calls: hooked.map(f => [f.name, f.info.add(INFO.calls).readU64().toNumber()]).filter(c => c[1] > 0) };
+  }
+
+  return { init, apply, check, supervise, ensureHooked, status, resolve,
+    byInfo: p => byInfoKey.get(p.toString()) || { name: String(p), address: p },
+    functions: () => fns.map(f => ({ name: f.name, address: f.address.toString(), size: f.size, origin: f.origin,
+      hooked: f.listener !== null })) };
+})();

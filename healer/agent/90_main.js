@@ -1,0 +1,119 @@
+// The Agent: start-up order, reload, fault injection, alerts, and rpc.exports for the host
+// (healer/session.py). Hooks are installed last: Interceptor.flush() lets target threads run our
+// callbacks before the rest of the agent exists.
+'use strict';
+
+class Agent {
+  constructor() {
+    this.started = false;
+    this.signals = { installed: [], refused: [] };
+    this.counters = null;
+  }
+
+  init(config) {
+    if (this.started) throw new Error('agent already initialised');
+    Sead.config = config;
+    Sead.txn.init(config);
+    Sead.each('init', config);
+    Sead.txn.configure(config);
+    Sead.detectors.init(config);
+    Sead.coverage.init(config);
+    this.installSignals();
+    this.started = true;
+    Sead.emit('agent:ready', { pid: Process.id, coverage: config.coverage });
+    const cov = Sead.coverage.status();
+    return { pid: Process.id, discovered: cov.discovered, hooked: cov.hooked, unhookable: cov.unhookable,
+      plugins: Sead.plugins.map(p => p.name || '?') };
+  }
+
+  // New coverage/policy/profile: every part checks before anything changes; a plugin that throws
+  // refuses the reload and the previous configuration stays in force.
+  reload(config) {
+    const next = Object.assign({}, Sead.config, config);
+    if (next.coverage) Sead.coverage.check(next.coverage);
+    for (const p of Sead.plugins) if (typeof p.onReload === 'function') p.onReload(next);
+    if (config.coverage) Sead.coverage.apply(next.coverage);
+    Sead.config = next;
+    Sead.txn.configure(next);
+    Sead.emit('reload', { coverage: next.coverage });
+    return this.status();
+  }
+
+  inject(spec) {
+    Sead.txn.setInject(spec);
+    Sead.emit('log', { level: 'info', event: 'inject-armed', function: spec.function || null,
+      probability: spec.probability || 0 });
+    return { armed: true };
+  }
+
+  alert(spec) {
+    let supervised;
+    if (spec && spec.function) {
+      supervised = [Sead.coverage.supervise(spec.function).name];
+    } else {
+      Sead.coverage.apply(Object.assign({}, Sead.config.coverage, { mode: 'all' }));
+      Sead.config.coverage = Object.assign({}, Sead.config.coverage, { mode: 'all' });
+      supervised = ['*'];
+    }
+    Sead.emit('alert', { supervised, source: spec && spec.source ? spec.source : 'external' });
+    return { supervised };
+  }
+
+  prepareDetach() {
+    Sead.txn.setEnabled(false);
+    Sead.flush();
+    return true;
+  }
+
+  status() {
+    const s = { pid: Process.id, txn: Sead.txn.status(), detectors: Sead.detectors.status(),
+      coverage: Sead.coverage.status(), signals: this.signals };
+    for (const p of Sead.plugins) {
+      if (typeof p.status !== 'function') continue;
+      try {
+        Object.assign(s, p.status());
+      } catch (e) {
+        s[`${p.name || '?'}:error`] = String(e);
+      }
+    }
+    return s;
+  }
+
+  // SIGUSR1/SIGUSR2 as in the paper, unless the target handles them itself (Apache uses SIGUSR1
+  // for a graceful restart): then they stay the target's and `healer reload` is the way.
+  installSignals() {
+    this.counters = Memory.alloc(16);
+    const cm = new CModule(CSOURCE['signals.c'], { counters: this.counters });
+    const signal = new NativeFunction(Module.getGlobalExportByName('signal'), 'pointer', ['int', 'pointer']);
+    for (const [num, name, handler] of [[10, 'SIGUSR1', cm.on_usr1], [12, 'SIGUSR2', cm.on_usr2]]) {
+      const prev = signal(num, handler);
+      if (prev.isNull()) {
+        this.signals.installed.push(name);
+      } else {
+        signal(num, prev);
+        this.signals.refused.push(name);
+      }
+    }
+    this.cm = cm;
+    let seen = [0, 0];
+    setInterval(() => {
+      const now = [this.counters.readU64().toNumber(), this.counters.add(8).readU64().toNumber()];
+      if (now[0] !== seen[0]) Sead.emit('reload-request', { signal: 'SIGUSR1' });
+      if (now[1] !== seen[1]) Sead.emit('debug', { signal: 'SIGUSR2', status: this.status() });
+      if (now[0] !== seen[0] || now[1] !== seen[1]) Sead.flush();
+      seen = now;
+    }, 200);
+  }
+}
+
+const agent = new Agent();
+
+rpc.exports = {
+  init: config => agent.init(config),
+  status: () => agent.status(),
+  reload: config => agent.reload(config),
+  inject: spec => agent.inject(spec),
+  alert: spec => agent.alert(spec),
+  prepareDetach: () => agent.prepareDetach(),
+  functions: () => Sead.coverage.functions(),
+};

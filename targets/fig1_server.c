@@ -1,0 +1,152 @@
+/* fig1_server: the STEM paper's Figure 1 (bar() stack overflow) and a NULL dereference, as a TCP
+ * line server.
+ *
+ * Usage: fig1_server PORT        (PORT 0 picks a free port; the real one is printed)
+ * Prints "READY <port>\n" once listening; serves clients one at a time, one request per line:
+ *   BAR <text>\n  ->  RET <bar(text)> <served>\n   bar() copies text into a 10-byte stack buffer
+ *   NUL <key>\n   ->  VAL <value> <served>\n       lookup_len() dereferences NULL for unknown keys
+ *   DIV <n>\n     ->  DIV <100/n> <served>\n       divide() faults (SIGFPE) for n = 0
+ *   PING\n        ->  PONG <served>\n
+ * `served` counts requests answered; bar() increments `bar_calls` before it can fail, so a test
+ * can see whether an aborted call's memory change was rolled back.
+ *
+ * Planted bugs: text longer than 9 bytes overflows bar()'s buffer (with -fstack-protector-strong
+ * it ends in __stack_chk_fail, without it the saved return address is smashed); NUL with an
+ * unknown key dereferences NULL; DIV 0 divides by zero.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+unsigned long served;
+unsigned long bar_calls;
+
+struct entry { const char *key; const char *value; };
+static const struct entry table[] = { {"alpha", "one"}, {"beta", "twotwo"} };
+
+/* Figure 1 */
+__attribute__((noinline)) int bar(char *buf)
+{
+    char rbuf[10];
+    int i = 0;
+    bar_calls++;
+    if (NULL == buf)
+        return -1;
+    while (i < (int)strlen(buf))
+        rbuf[i++] = *buf++;
+    rbuf[i < 10 ? i : 9] = 0;
+    return (int)strlen(rbuf) > 0 ? 0 : 1;
+}
+
+__attribute__((noinline)) const struct entry *find(const char *key)
+{
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (strcmp(table[i].key, key) == 0)
+            return &table[i];
+    return NULL;
+}
+
+__attribute__((noinline)) int lookup_len(const char *key)
+{
+    const struct entry *e = find(key);
+    return (int)strlen(e->value); /* NULL dereference for an unknown key */
+}
+
+__attribute__((noinline)) int divide(int n)
+{
+    volatile int hundred = 100;
+    return hundred / n;
+}
+
+static int reply(int fd, const char *text)
+{
+    size_t len = strlen(text);
+    while (len > 0) {
+        ssize_t n = write(fd, text, len);
+        if (n <= 0)
+            return -1;
+        text += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+__attribute__((noinline)) int handle_line(int fd, char *line)
+{
+    char out[128];
+    if (strncmp(line, "BAR ", 4) == 0) {
+        int r = bar(line + 4);
+        served++;
+        snprintf(out, sizeof out, "RET %d %lu\n", r, served);
+    } else if (strncmp(line, "NUL ", 4) == 0) {
+        int r = lookup_len(line + 4);
+        served++;
+        snprintf(out, sizeof out, "VAL %d %lu\n", r, served);
+    } else if (strncmp(line, "DIV ", 4) == 0) {
+        int r = divide(atoi(line + 4));
+        served++;
+        snprintf(out, sizeof out, "DIV %d %lu\n", r, served);
+    } else if (strcmp(line, "PING") == 0) {
+        served++;
+        snprintf(out, sizeof out, "PONG %lu\n", served);
+    } else {
+        snprintf(out, sizeof out, "ERR\n");
+    }
+    return reply(fd, out);
+}
+
+static void serve(int fd)
+{
+    char buf[4096];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+        if (n <= 0)
+            return;
+        have += (size_t)n;
+        buf[have] = 0;
+        char *start = buf, *nl;
+        while ((nl = strchr(start, '\n')) != NULL) {
+            *nl = 0;
+            if (nl > start && nl[-1] == '\r')
+                nl[-1] = 0;
+            if (handle_line(fd, start) < 0)
+                return;
+            start = nl + 1;
+        }
+        have = (size_t)(buf + have - start);
+        memmove(buf, start, have);
+        if (have == sizeof buf - 1)
+            have = 0; /* a line longer than the buffer is dropped */
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int port = argc > 1 ? atoi(argv[1]) : 0;
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {0};
+    socklen_t alen = sizeof a;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((unsigned short)port);
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 64) < 0) {
+        perror("fig1_server: bind/listen");
+        return 1;
+    }
+    getsockname(ls, (struct sockaddr *)&a, &alen);
+    printf("READY %d\n", ntohs(a.sin_port));
+    fflush(stdout);
+    for (;;) {
+        int fd = accept(ls, NULL, NULL);
+        if (fd < 0)
+            continue;
+        serve(fd);
+        close(fd);
+    }
+}

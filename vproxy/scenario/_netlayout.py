@@ -57,10 +57,11 @@ async def gateway_counters(control: Path) -> dict[str, int]:
     return {k: int(data.get(k, 0)) for k in _COUNTERS}  # type: ignore[call-overload]
 
 
-def healer_argv(pid: int, control: Path, policy: Path, functions: Sequence[str]) -> list[str]:
-    """``healer attach`` supervising ``functions`` of payfront with the repair ``policy``."""
+def healer_argv(pid: int, control: Path, policy: Path, coverage: Path) -> list[str]:
+    """``healer attach`` with the repair ``policy``, supervising the functions listed in the file
+    ``coverage`` (one name a line)."""
     return [sys.executable, "-m", "healer", "attach", str(pid), "--control", str(control),
-            "--policy", str(policy), "--coverage", "list:" + ",".join(functions)]
+            "--policy", str(policy), "--coverage", f"list:{coverage}"]
 
 
 def attach_healer(servers: Servers, layout: Layout, policy: Path,
@@ -70,13 +71,15 @@ def attach_healer(servers: Servers, layout: Layout, policy: Path,
 
     The healer runs on the host: Frida reaches payfront by pid, and the agent inside payfront
     reaches the gateway's control socket by its path (Unix sockets with a path are not bound to a
-    network namespace).
+    network namespace). The coverage list is written next to the control socket.
 
     Error handling: ServerError if it exits or does not report attached within ``timeout``.
     """
     assert layout.control is not None, "the healer pairs with the gateway's control socket"
+    coverage = layout.control.with_name("payfront.functions")
+    coverage.write_text("".join(f"{name}\n" for name in functions))
     return servers.start("healer", healer_argv(layout.payfront.proc.pid, layout.control, policy,
-                                               functions), timeout=timeout, ready=b"attached")
+                                               coverage), timeout=timeout, ready=b"attached")
 
 
 def ns_opener(ns: str, host: str, port: int) -> Opener:

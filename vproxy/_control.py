@@ -92,7 +92,11 @@ async def _session(gateway: Gateway, conn: trio.socket.SocketType, token: str) -
                 # small reads: a long batch of lines is applied in slices, with the relay tasks
                 # scheduled in between (one 64 KiB read of events stalled traffic for ~40 ms)
                 data = await conn.recv(4096)
-                answer = session.receive_data(data)
+                try:
+                    answer = session.receive_data(data)
+                except Exception:  # a bug here must not take the gateway's traffic down
+                    log.exception("control session failed; closing this control connection")
+                    break
                 while answer:
                     answer = answer[await conn.send(answer):]
                 if not data:
@@ -103,4 +107,7 @@ async def _session(gateway: Gateway, conn: trio.socket.SocketType, token: str) -
             if session.hello is None and session.closed:
                 gateway.stats.refused_controllers += 1
             else:
-                session.lost()
+                try:
+                    session.lost()
+                except Exception:
+                    log.exception("aborting a lost controller's transactions failed")

@@ -331,6 +331,7 @@ class Link:
         data = b"".join(p for p in pieces if p is not None)
         self.log.info("replaying aborted input", reason=reason, bytes=len(data),
                       budget_left=self.replays_left)
+        # kept input exists only from GUARD on, and guarded links run in the task path
         assert self._nursery is not None
         self._nursery.start_soon(self._replay, data)
 

@@ -370,3 +370,25 @@ async def test_one_gateway_front_and_back_routes_share_the_control_socket(start_
     assert await net.recv_exactly(client, 6) == b"OK 50\n"
     server_listener.close()
     server_side.close()
+
+
+async def test_abort_on_a_link_that_was_never_guarded(start_gateway, upstream, net):
+    """The abort reaches a link still on the fast path: input is kept only from GUARD on, so it
+    cannot be replayed; that is logged, and the link goes on."""
+    serving = await start_gateway(on_rollback_input="replay", on_abort="drop")
+    ctl = await ScriptedController.connect(serving.control)
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    await ctl.send(conn_of(1, server))
+    await ctl.sync()
+    await net.send(client, b"req\n")
+    assert await net.recv_exactly(server, 4) == b"req\n"
+    with structlog.testing.capture_logs() as logs:
+        await ctl.send(Begin(1, None), Io(1, 1, "in", 0, 4), Abort(1, "SIGSEGV"))
+        await ctl.sync()
+    assert any(e["event"] == "aborted input not replayed" and e["why"] == "input no longer kept"
+               for e in logs)
+    await net.send(server, b"ok\n")
+    assert await net.recv_exactly(client, 3) == b"ok\n"
+    await net.send(client, b"next\n")
+    assert await net.recv_exactly(server, 5) == b"next\n"

@@ -1,8 +1,9 @@
 """Assembles the Frida agent script from ``healer/agent/``.
 
 The agent is plain JavaScript split into files that are concatenated in file-name order (so
-``00_core.js`` comes first and ``90_main.js`` last); each ``*.c`` file there is made available to the
-script as ``CSOURCE["name.c"]`` for ``new CModule(...)``. See docs/agent.md for the module contract.
+``00_core.js`` comes first and ``90_main.js`` last); each ``*.c`` file there is made available to
+the script as ``CSOURCE["name.c"]`` for ``new CModule(...)``. See docs/agent.md for the module
+contract.
 """
 
 from __future__ import annotations

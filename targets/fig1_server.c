@@ -28,18 +28,18 @@ unsigned long bar_calls;
 struct entry { const char *key; const char *value; };
 static const struct entry table[] = { {"alpha", "one"}, {"beta", "twotwo"} };
 
-/* Figure 1 */
+/* Figure 1. The index shares a struct with the buffer, below it, so that at -O0 (where every
+ * local lives on the stack) the overflow cannot overwrite the index and end the loop early. */
 __attribute__((noinline)) int bar(char *buf)
 {
-    char rbuf[10];
-    int i = 0;
+    struct { int i; char rbuf[10]; } l = {0};
     bar_calls++;
     if (NULL == buf)
         return -1;
-    while (i < (int)strlen(buf))
-        rbuf[i++] = *buf++;
-    rbuf[i < 10 ? i : 9] = 0;
-    return (int)strlen(rbuf) > 0 ? 0 : 1;
+    while (l.i < (int)strlen(buf))
+        l.rbuf[l.i++] = *buf++;
+    l.rbuf[l.i < 10 ? l.i : 9] = 0;
+    return (int)strlen(l.rbuf) > 0 ? 0 : 1;
 }
 
 __attribute__((noinline)) const struct entry *find(const char *key)

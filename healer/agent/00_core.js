@@ -9,6 +9,7 @@ const Sead = (() => {
   let batch = [];
   let timer = null;
   const plugins = [];
+  const disabled = [];
 
   function flush() {
     if (timer !== null) {
@@ -34,6 +35,14 @@ const Sead = (() => {
 
   function use(plugin) {
     plugins.push(plugin);
+  }
+
+  // config.disabled names plugins to leave out (benchmarks of the core alone, tests of one part):
+  // they stay registered but none of their hooks is called.
+  function disable(names) {
+    for (let i = plugins.length - 1; i >= 0; i--) {
+      if (names.indexOf(plugins[i].name) >= 0) disabled.push(plugins.splice(i, 1)[0]);
+    }
   }
 
   // Call hook `name` on every plugin that defines it, in registration order; a throwing plugin is
@@ -78,6 +87,8 @@ const Sead = (() => {
     emit,
     flush,
     use,
+    disable,
+    disabled,
     each,
     first,
     hasHook,

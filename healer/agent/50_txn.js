@@ -10,12 +10,13 @@ Sead.txn = (() => {
     inject: 152, size: 160 };
   const T = { tid: 0, inputDepth: 8, n: 16, frames: 32 };
   const C = { mode: 0, cosak: 8, nextId: 16, jsTx: 24, injectThreshold: 32, rng: 40, supervised: 48,
-    calls: 56, stale: 64, overflow: 72, jsCalls: 80, jsInput: 88, enabled: 96, size: 104 };
+    calls: 56, stale: 64, overflow: 72, jsCalls: 80, jsInput: 88, enabled: 96, shadow: 104, size: 112 };
   const MAX_THREADS = 256;
   const THREAD_SIZE = T.frames + 64 * F.size;
   const REGS = ['rbx', 'rbp', 'r12', 'r13', 'r14', 'r15'];
   const ST_HEALED = 1;
-  const INJECT_ONE_SHOT = 1; // txn.c: fn->inject 1 = next call, 2 = every call, 3 = random
+  // Frame.inject in txn.c: why the epilogue aborts the transaction.
+  const INJ = { nextCall: 1, always: 2, random: 3, refused: 4, shadow: 5 };
   const MAX_CHOICES = 8; // bound on value choices per repair (policy rps, profile, heuristic)
 
   const cfg = Memory.alloc(C.size);
@@ -170,10 +171,15 @@ Sead.txn = (() => {
     const threadId = Process.getCurrentThreadId();
     const txs = chain(threadId);
     const tx = txs.find(t => t._frame.equals(frame)) || txFromFrame(frame, threadId, null);
-    const injected = frame.add(F.inject).readU64().toNumber();
+    const why = frame.add(F.inject).readU64().toNumber();
     let fault = null;
-    if (injected !== 0) {
-      fault = { kind: 'inject', address: tx.fn.address, detail: injected === 3 ? 'random' : 'on demand' };
+    if (why === INJ.shadow) {
+      fault = { kind: 'shadow-stack', address: tx.fn.address,
+        detail: 'callee-saved registers changed by the function (its saved copies were overwritten)' };
+    } else if (why === INJ.refused) {
+      fault = { kind: 'refused', address: tx.fn.address, detail: 'a nested repair was refused' };
+    } else if (why !== 0) {
+      fault = { kind: 'inject', address: tx.fn.address, detail: why === INJ.random ? 'random' : 'on demand' };
     } else {
       const verdict = Sead.first('onTxLeave', null, tx, retval);
       if (verdict !== null) {
@@ -194,7 +200,7 @@ Sead.txn = (() => {
       // The function has already returned; its caller is aborted at its own epilogue.
       stats.refusals++;
       const parent = tx.parent;
-      if (parent !== null) parent._frame.add(F.inject).writeU64(4);
+      if (parent !== null) parent._frame.add(F.inject).writeU64(INJ.refused);
       Sead.emit('refuse', { function: tx.fn.name, tx: tx.id, kind: fault.kind, why: choice.why,
         next: parent !== null ? parent.fn.name : null });
       return 0;
@@ -279,13 +285,14 @@ Sead.txn = (() => {
     cfg.add(C.injectThreshold).writeU64(Math.floor(p * 0xffffffff));
     if (spec && spec.function) {
       const fn = Sead.coverage.ensureHooked(spec.function);
-      fn.info.add(40).writeU64(spec.always ? 2 : INJECT_ONE_SHOT);
+      fn.info.add(40).writeU64(spec.always ? INJ.always : INJ.nextCall);
     }
   }
 
   function status() {
     const n = k => cfg.add(C[k]).readU64().toNumber();
     return Object.assign({ supervisedCalls: n('supervised'), stale: n('stale'), frameOverflow: n('overflow'),
+      shadowStackViolations: n('shadow'),
       jsTxHooks: n('jsTx') !== 0, jsCallHooks: n('jsCalls') !== 0, injectProbability: n('injectThreshold') / 0xffffffff },
     stats);
   }

@@ -13,6 +13,7 @@ class Agent {
   init(config) {
     if (this.started) throw new Error('agent already initialised');
     Sead.config = config;
+    Sead.disable(config.disabled || []);
     Sead.txn.init(config);
     Sead.each('init', config);
     Sead.txn.configure(config);
@@ -23,7 +24,7 @@ class Agent {
     Sead.emit('agent:ready', { pid: Process.id, coverage: config.coverage });
     const cov = Sead.coverage.status();
     return { pid: Process.id, discovered: cov.discovered, hooked: cov.hooked, unhookable: cov.unhookable,
-      plugins: Sead.plugins.map(p => p.name || '?') };
+      plugins: Sead.plugins.map(p => p.name || '?'), disabled: Sead.disabled.map(p => p.name) };
   }
 
   // New coverage/policy/profile: every part checks before anything changes; a plugin that throws

@@ -21,6 +21,13 @@
 #define ST_OPEN 0
 #define ST_HEALED 1
 
+/* Frame.inject: why the epilogue must abort this transaction (0: it may commit). */
+#define INJ_NEXT_CALL 1 /* healer inject --function F */
+#define INJ_ALWAYS 2    /* healer inject --function F --always */
+#define INJ_RANDOM 3    /* healer inject --probability P */
+#define INJ_REFUSED 4   /* a nested transaction's repair was refused: abort this one */
+#define INJ_SHADOW 5    /* callee-saved registers changed (shadow stack) */
+
 typedef struct {
   guint64 id, fn, sp, ret;
   guint64 regs[6]; /* rbx rbp r12 r13 r14 r15 */
@@ -42,7 +49,7 @@ typedef struct {
 
 typedef struct {
   guint64 mode, cosak, next_id, js_tx, inject_threshold, rng;
-  guint64 supervised, calls, stale, overflow, js_calls, js_input, enabled;
+  guint64 supervised, calls, stale, overflow, js_calls, js_input, enabled, shadow;
 } Config;
 
 typedef struct {
@@ -187,16 +194,34 @@ on_enter (GumInvocationContext * ic)
   f->depth = depth;
   f->state = ST_OPEN;
   f->inject = fn->inject;
-  if (fn->inject == 1)
-    fn->inject = 0; /* one-shot: the next call of this function fails */
+  if (fn->inject == INJ_NEXT_CALL)
+    fn->inject = 0;
   if (!f->inject && cfg.inject_threshold != 0 && (next_random () >> 32) < cfg.inject_threshold)
-    f->inject = 3;
+    f->inject = INJ_RANDOM;
   t->n++;
   inv->frame = (guint64) f;
   atomic_inc (&cfg.supervised);
   fn->calls++;
   if (cfg.js_tx)
     js_begin (f);
+}
+
+static int
+callee_saved_intact (Frame * f, GumCpuContext * c)
+{
+  return c->rbx == f->regs[0] && c->rbp == f->regs[1] && c->r12 == f->regs[2] &&
+      c->r13 == f->regs[3] && c->r14 == f->regs[4] && c->r15 == f->regs[5];
+}
+
+static void
+restore_callee_saved (Frame * f, GumCpuContext * c)
+{
+  c->rbx = f->regs[0];
+  c->rbp = f->regs[1];
+  c->r12 = f->regs[2];
+  c->r13 = f->regs[3];
+  c->r14 = f->regs[4];
+  c->r15 = f->regs[5];
 }
 
 void
@@ -215,6 +240,14 @@ on_leave (GumInvocationContext * ic)
     return;
   tid = gum_invocation_context_get_thread_id (ic);
   t = sead_thread (tid, 0);
+  if (f->state == ST_OPEN && !f->inject && !callee_saved_intact (f, ic->cpu_context))
+  {
+    /* Shadow stack: a function must give its caller back rbx, rbp, r12-r15. An overflow that
+     * smashed the saved copies is caught here, before the caller runs on corrupted registers. */
+    restore_callee_saved (f, ic->cpu_context);
+    f->inject = INJ_SHADOW;
+    atomic_inc (&cfg.shadow);
+  }
   if (f->state == ST_OPEN && (cfg.js_tx || f->inject))
   {
     guint64 value = retval;

@@ -8,7 +8,8 @@ accuracy, and profiling overhead, measured side by side in one run.
    fail that call (fault injection) and heal it with SEV (each scheduling strategy) or with a fixed
    value (vanilla error virtualization: 0 and -1). A trial is on the SEV paper's scale level 3 when
    the server is alive and every reply equals the uninjected baseline.
-4. Overhead: pipelined requests per second, native vs profile recording vs SEV-armed (heal mode).
+4. Overhead: pipelined requests per second, native vs profile recording vs a loaded profile (SEV
+   tables, anomaly detection at width 3), every kv_server function hooked with Interceptor.attach.
 5. Apache in profile mode (apache2 -X): calls recorded, predictability, prediction accuracy.
 
     python -m bench sev
@@ -19,6 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import re
+import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -38,6 +42,9 @@ from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer, training_reque
 
 KV_FUNCTIONS = list(FUNCTIONS)
 WIDTH = 15
+APACHE_PATHS = ["/manual/", "/manual/index.html", "/manual/mod/", "/manual/howto/cgi.html",
+                "/manual/nothere.html", "/manual/../../etc/passwd", "/manual/%zz",
+                "/manual/%2e%2e/", "/manual/images/", "/manual/mod/core.html"]
 APACHE_FUNCTIONS = [
     # the request path of apache2 (exported ap_* functions that return a status, flag or count)
     "ap_read_request", "ap_parse_uri", "ap_getword_white", "ap_getword", "ap_getword_nc",
@@ -105,14 +112,13 @@ def _rate(server: KvServer, lines: list[str], rounds: int) -> float:
 
 
 def overhead(tables: dict[str, Any]) -> dict[str, float]:
-    """Requests/s native, recording, and SEV-armed, on the same server process, same run."""
+    """Requests/s native, recording, and with a profile loaded, same server process, same run."""
     lines = training_requests(2000, 99)
     server = KvServer.start()
     try:
         out = {"native": _rate(server, lines, 3)}
         for label, kw in (("profile recording", {"record": True}),
-                          ("SEV heal mode", {"record": False, "tables": tables,
-                                             "injectable": KV_FUNCTIONS})):
+                          ("profile loaded (SEV)", {"record": False, "tables": tables})):
             s = ProfileSession(window=WIDTH, functions=KV_FUNCTIONS, ret_bits=32, **kw)
             s.attach(server.pid)
             try:
@@ -125,38 +131,65 @@ def overhead(tables: dict[str, Any]) -> dict[str, float]:
         server.stop()
 
 
-def apache_profile(seconds_budget: float = 60.0) -> str:
-    """Record Apache (-X) serving manual pages and bad requests, twice; predict run 2 from run 1."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fetch_all(httpd: Any, rounds: int) -> None:
+    """Fetch every APACHE_PATHS entry ``rounds`` times (normal and bad requests)."""
+    for rnd in range(rounds):
+        for p in APACHE_PATHS:
+            # 404 and 400 answers are part of the training input
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(httpd.url(p) + f"?r={rnd}", timeout=5).read()
+
+
+def _wrk(url: str, seconds: int = 3) -> float:
+    """Requests/s of one wrk connection (a C client: no GIL shared with the profile host)."""
+    out = subprocess.run(["wrk", "-t1", "-c1", f"-d{seconds}s", url], capture_output=True,
+                         text=True, timeout=seconds + 30).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no rate: {out!r}")
+    return float(match.group(1))
+
+
+def apache_profile(rounds: int = 15) -> str:
+    """Record Apache (-X) serving manual pages and bad requests, twice; predict run 2 from run 1;
+    compare the request rate with and without recording."""
     from targets import apache
 
-    paths = ["/manual/", "/manual/index.html", "/manual/mod/", "/manual/howto/cgi.html",
-             "/manual/nothere.html", "/manual/../../etc/passwd", "/manual/%zz", "/manual/%2e%2e/",
-             "/manual/images/", "/manual/mod/core.html"]
     profiles = []
-    deadline = time.monotonic() + seconds_budget
-    with apache.running(port=18361, workers=0) as httpd:
+    rates = []
+    with apache.running(port=_free_port(), workers=0) as httpd:
+        page = httpd.url("/manual/mod/core.html")
+        native = _wrk(page)
         for _ in range(2):
             s = ProfileSession(window=WIDTH, functions=APACHE_FUNCTIONS, ret_bits=32, args=2)
             s.attach(httpd.pid)
             try:
-                for rnd in range(15):
-                    for p in paths:
-                        if time.monotonic() > deadline:
-                            break
-                        # 404 and 400 answers are part of the training input
-                        with contextlib.suppress(OSError):
-                            urllib.request.urlopen(httpd.url(p) + f"?r={rnd}", timeout=5).read()
-                profiles.append(s.profile())
+                _fetch_all(httpd, rounds)
+                profiles.append(s.profile())  # the mixed workload only, before wrk's load
+                rates.append(_wrk(page))
             finally:
                 s.close()
+        native_after = _wrk(page)
     a, b = profiles
     accs = ", ".join(f"width {w}: {accuracy(a, b, w)[0]:.1%}" for w in (1, 3, 5, WIDTH))
     calls = sum(fp.calls for fp in b.functions.values())
-    scores = sorted(((predictability(fp, WIDTH), name) for name, fp in a.functions.items()),
-                    reverse=True)
-    top = ", ".join(f"{name} {sc:.2f}" for sc, name in scores[:6])
+    weighted = {size: sum(predictability(fp, size) * fp.calls for fp in a.functions.values())
+                / max(1, sum(fp.calls for fp in a.functions.values())) for size in (1, WIDTH)}
+    certain = sum(predictability(fp, 1) == 1.0 for fp in a.functions.values())
     return (f"apache2 -X in profile mode: {len(a.functions)} functions recorded, {calls} calls in "
-            f"the held-out run\n  prediction accuracy: {accs}\n  predictability (S{WIDTH}): {top}")
+            f"the held-out run\n"
+            f"  prediction accuracy: {accs}\n"
+            f"  predictability score, call-weighted mean: S1 {weighted[1]:.2f}, "
+            f"S{WIDTH} {weighted[WIDTH]:.2f}; {certain} functions always return one value\n"
+            f"  requests/s of /manual/mod/core.html (wrk, 1 connection): native {native:.0f}, "
+            f"recording {min(rates):.0f} ({min(rates) / native:.2f} x native), native after "
+            f"detach {native_after:.0f}")
 
 
 def _rates(trials: list[Trial], mode: str) -> tuple[float, int, float]:
@@ -208,7 +241,7 @@ def main(argv: list[str]) -> int:
     print(f"  ratio SEV(context) / best fixed value: {sev / best_fixed if best_fixed else 0:.2f}")
 
     print("\nthroughput, pipelined requests (same server process, same run):")
-    rates = overhead(tables)
+    rates = overhead(agent_tables(profile, anomaly_width=3))
     for label, r in rates.items():
         print(f"  {label:22} {r:9.0f} req/s   {r / rates['native']:.2f} x native")
 

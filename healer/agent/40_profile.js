@@ -17,8 +17,10 @@
   let width = 15;
   let nargs = 3;
   let retBits = 64;
+  let tracking = false; // a profile is loaded: keep the call tree
+  let anomalyWidth = 0;
   let batch = [];
-  const threads = new Map(); // threadId -> [{name, window, args, children: []}]
+  const threads = new Map(); // threadId -> call tree path [{name, args, children: [names]}]
   const rr = new Map(); // function -> round-robin state
   const seenAnomalies = new Set();
   const post = new Map(); // threadId -> {fn, value, expect, left, off: []}
@@ -35,20 +37,21 @@
   function stackOf(tid) {
     let s = threads.get(tid);
     if (s === undefined) {
-      s = [{ name: null, window: [], args: [], children: [] }];
+      s = [{ name: null, args: [], children: [] }];
       threads.set(tid, s);
     }
     return s;
   }
 
-  // Figure 4: previous siblings (most recent first), then the parent, then its previous siblings...
-  function windowOf(stack, w) {
+  // The window of stack[i] (Figure 4), built only when needed (a heal, an anomaly check): walking
+  // outwards, each level's earlier children, most recent first (its last child is the frame we
+  // came from), then that level's function.
+  function windowAt(stack, i, w) {
     const out = [];
-    for (let i = stack.length - 1; i >= 0 && out.length < w; i--) {
-      const ch = stack[i].children;
-      const last = i === stack.length - 1 ? ch.length - 1 : ch.length - 2;
-      for (let j = last; j >= 0 && out.length < w; j--) out.push(ch[j]);
-      if (stack[i].name !== null && out.length < w) out.push(stack[i].name);
+    for (let j = i - 1; j >= 0 && out.length < w; j--) {
+      const ch = stack[j].children;
+      for (let k = ch.length - 2; k >= 0 && out.length < w; k--) out.push(ch[k]);
+      if (stack[j].name !== null && out.length < w) out.push(stack[j].name);
     }
     return out;
   }
@@ -61,21 +64,23 @@
     return x.toString();
   }
 
+  // Hot path: recording sends raw register values (the host sign-extends them); the call tree is
+  // kept only when a profile is loaded (value choice, anomaly detection).
   function onCall(fn, tid, args) {
     stats.calls++;
     perFunction[fn.name] = (perFunction[fn.name] || 0) + 1;
-    const stack = stackOf(tid);
-    const win = windowOf(stack, width);
-    const top = stack[stack.length - 1];
-    top.children.push(fn.name);
-    if (top.children.length > width) top.children.shift();
-    const a = [];
-    for (let i = 0; i < nargs && i < ARG_REGS; i++) a.push(signedArg(args[i]));
-    stack.push({ name: fn.name, window: win, args: a, children: [] });
     if (cfg.record) {
+      const a = [];
+      for (let i = 0; i < nargs; i++) a.push(args[i] === undefined ? '0' : args[i].toString());
       batch.push(['c', tid, fn.name, a]);
       if (batch.length >= BATCH) flush();
     }
+    if (!tracking) return;
+    const stack = stackOf(tid);
+    const top = stack[stack.length - 1];
+    top.children.push(fn.name);
+    if (top.children.length > width + 1) top.children.shift();
+    stack.push({ name: fn.name, args: args, children: [] });
     const p = post.get(tid);
     if (p !== undefined && p.first) {
       p.first = false;
@@ -83,14 +88,15 @@
         p.off.push(`${fn.name} called after ${p.fn} = ${p.value} (expected ${p.expect.join(' or ')})`);
       }
     }
-    checkAnomaly(fn.name, win);
-  }
-
-  function signedArg(v) {
-    return v === undefined ? '0' : signed(v, 64);
+    if (anomalyWidth > 0) checkAnomaly(fn.name, windowAt(stack, stack.length - 1, anomalyWidth));
   }
 
   function onReturn(fn, tid, retval) {
+    if (cfg.record) {
+      batch.push(['r', tid, fn.name, retval.toString()]);
+      if (batch.length >= BATCH) flush();
+    }
+    if (!tracking) return;
     const stack = stackOf(tid);
     for (let i = stack.length - 1; i > 0; i--) {
       if (stack[i].name === fn.name) {
@@ -98,21 +104,16 @@
         break;
       }
     }
-    const value = signed(retval);
-    if (cfg.record) {
-      batch.push(['r', tid, fn.name, value]);
-      if (batch.length >= BATCH) flush();
-    }
+    const p = post.get(tid);
     if (stats.taintDepth > 0) {
       stats.taintedReturns++;
       const t = table(fn.name);
+      const value = signed(retval);
       if (t !== null && t.values.indexOf(value) < 0) {
         stats.offProfileReturns++;
-        const p = post.get(tid);
         if (p !== undefined) p.off.push(`${fn.name} returned ${value}, never seen in training`);
       }
     }
-    const p = post.get(tid);
     if (p !== undefined && --p.left <= 0) finishPost(tid, p);
   }
 
@@ -124,10 +125,9 @@
 
   function checkAnomaly(name, win) {
     const an = cfg.anomaly;
-    if (an === undefined || !an.width || cfg.functions === undefined) return;
     const t = table(name);
-    const key = win.slice(0, an.width).join('|');
-    if (t !== null && t.windows.indexOf(key) >= 0) return;
+    const key = win.join('|');
+    if (t !== null && t.windowSet.has(key)) return;
     const id = name + '<' + key;
     if (seenAnomalies.has(id)) return;
     seenAnomalies.add(id);
@@ -136,13 +136,13 @@
     if (an.action === 'supervise' && Sead.coverage !== undefined &&
         typeof Sead.coverage.supervise === 'function') {
       try {
-        for (const f of [name].concat(win.slice(0, an.width))) Sead.coverage.supervise(f);
+        for (const f of [name].concat(win)) Sead.coverage.supervise(f);
         action = 'supervise';
       } catch (e) {
         action = `log (supervise failed: ${e.message})`;
       }
     }
-    Sead.emit('anomaly', { function: name, window: win.slice(0, an.width),
+    Sead.emit('anomaly', { function: name, window: win,
       reason: t === null ? 'function never seen in training' : 'window never seen in training',
       action: action });
   }
@@ -179,7 +179,7 @@
         let d = 0;
         for (let i = 0; i < a.length; i++) {
           const x = Number(a[i]);
-          const y = Number(frame.args[i] === undefined ? 0 : frame.args[i]);
+          const y = frame.args[i] === undefined ? 0 : Number(signed(frame.args[i], 64));
           if (x !== y) d += 1 + Math.log2(1 + Math.abs(x - y)) / 64;
         }
         if (d < bestD) {
@@ -190,7 +190,7 @@
       return [best[0], `closest training arguments (${best[1].join(', ')}), distance ${bestD.toFixed(2)}`];
     },
     context(t, name, frame) {
-      const win = frame === null ? [] : frame.window;
+      const win = frame === null ? [] : frame.window();
       for (let s = win.length; s > 0; s--) {
         const key = win.slice(0, s).join('|');
         const vals = t.ctx[key];
@@ -205,9 +205,14 @@
     },
   };
 
+  // {args, window()} of the innermost open call of `name` on thread `tid`, or null
   function frameOf(tid, name) {
     const stack = stackOf(tid);
-    for (let i = stack.length - 1; i > 0; i--) if (stack[i].name === name) return stack[i];
+    for (let i = stack.length - 1; i > 0; i--) {
+      if (stack[i].name === name) {
+        return { args: stack[i].args, window: () => windowAt(stack, i, width) };
+      }
+    }
     return null;
   }
 
@@ -244,7 +249,7 @@
   Sead.profile = {
     chooseValue: chooseValue,
     postEvaluate: postEvaluate,
-    window: (tid, name) => { const f = frameOf(tid, name); return f === null ? [] : f.window; },
+    window: (tid, name) => { const f = frameOf(tid, name); return f === null ? [] : f.window(); },
     flush: flush,
     stats: () => Object.assign({ perFunction: Object.assign({}, perFunction) }, stats),
   };
@@ -256,7 +261,12 @@
       width = cfg.window || 15;
       nargs = cfg.args === undefined ? 3 : cfg.args;
       retBits = cfg.retBits || 64;
-      if (cfg.record || cfg.functions !== undefined) Sead.wantCalls = true;
+      tracking = cfg.functions !== undefined;
+      for (const name in cfg.functions || {}) {
+        cfg.functions[name].windowSet = new Set(cfg.functions[name].windows);
+      }
+      anomalyWidth = tracking && cfg.anomaly !== undefined ? (cfg.anomaly.width || 0) : 0;
+      if (cfg.record || tracking) Sead.wantCalls = true;
       if (cfg.record) setInterval(flush, 100);
     },
     onCall(fn, threadId, args) {

@@ -7,6 +7,7 @@ operator. Messages from the target arrive on Frida's thread; a lock guards what 
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,6 +57,9 @@ class ProfileSession:
         self._lock = threading.Lock()
         self._functions = list(functions) if functions is not None else None
         self._on_trace = on_trace
+        self._ret_bits = ret_bits
+        self._args = args
+        self.lost = 0
         self._config: dict[str, Any] = {
             "profile": {"record": record, "window": window, "args": args, "retBits": ret_bits,
                         **(tables or {})},
@@ -173,6 +177,11 @@ class ProfileSession:
         with self._lock:
             if kind == "profile:calls":
                 self._record(payload["events"])
+            elif kind == "profile:raw":
+                self._record_raw(payload["names"], data)
+                if payload["lost"] > self.lost:
+                    log.warning("recording ring overran: calls lost", lost=payload["lost"])
+                    self.lost = payload["lost"]
             elif kind == "inject":
                 self.injects.append(payload)
             elif kind == "anomaly":
@@ -187,16 +196,28 @@ class ProfileSession:
                                 value=payload["value"], taint_depth=payload["taintDepth"],
                                 evidence=payload["offProfile"])
 
+    def _record_raw(self, names: list[str], data: bytes) -> None:
+        events: list[list[Any]] = []
+        for _seq, fn, tid, a0, a1, a2 in struct.iter_unpack("<6Q", data):
+            name = names[fn >> 1]
+            if fn & 1:
+                events.append(["r", tid, name, str(a0)])
+            else:
+                events.append(["c", tid, name, [str(a0), str(a1), str(a2)][: self._args]])
+        self._record(events)
+
     def _record(self, events: list[list[Any]]) -> None:
+        # the agent sends raw register values (hex or decimal): sign-extend them here, off the
+        # target's hot path
         for ev in events:
             tid, name = int(ev[1]), str(ev[2])
             if ev[0] == "c":
-                args = tuple(int(a) for a in ev[3])
+                args = tuple(_signed(int(a, 0), 64) for a in ev[3])
                 self.builder.call(tid, name, args)
                 if self._on_trace:
                     self._on_trace(call_line(name, args))
             else:
-                value = int(ev[3])
+                value = _signed(int(ev[3], 0), self._ret_bits)
                 self.builder.ret(tid, name, value)
                 if self._on_trace:
                     self._on_trace(return_line(name, value))
@@ -206,3 +227,8 @@ class ProfileSession:
         if self.pid:
             with contextlib.suppress(frida.ProcessNotFoundError, frida.InvalidOperationError):
                 frida.kill(self.pid)
+
+
+def _signed(x: int, bits: int) -> int:
+    x &= (1 << bits) - 1
+    return x - (1 << bits) if x >> (bits - 1) else x

@@ -7,10 +7,13 @@ re-arm, scheduler, task switch) taken twice per request. Here the sockets stay r
 (level-triggered) in a private epoll whose own fd is the only thing trio waits on: one wake-up
 serves every ready socket, and a message costs its ``recv`` and its ``send``.
 
-A link leaves this path (``relay`` returns) when it ends, when the gateway becomes guarded (its
-output must be held: the chunk just read is handed over, not sent), or when a peer does not accept
-a whole chunk at once (the task path has backpressure); the task path then carries on with the
-direction states and the unsent bytes as they are.
+Backpressure stays here too: when a peer takes only part of a chunk, the rest waits in the
+direction's ``pending`` bytes, the direction stops reading, and the peer's socket is watched for
+writability (bulk transfers, e.g. the wget crawl of the Apache manual, stay on this path).
+
+A link leaves (``relay`` returns) when it ends, or when its output must be held (the gateway
+became guarded, or the healer named the link): the chunk read at that moment is handed over
+unsent, together with what was already pending, and the task path carries on from there.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 
 _CHUNK: Final = 65536
 _EVENTS: Final = 128
+_IN: Final = select.EPOLLIN
+_OUT: Final = select.EPOLLOUT
 
 INPUT: Final = 0  # towards the server
 OUTPUT: Final = 1  # the server's output
@@ -37,17 +42,21 @@ class Handover:
     """Why a link left the fast path and what it leaves to the task path.
 
     Attributes:
-        reason: ``done`` (both directions ended), ``guard``, ``slow`` (partial send) or ``error``.
-        pending: per direction (INPUT, OUTPUT), bytes read but not yet sent (``b""`` if none).
+        reason: ``done`` (both directions ended), ``guard``/``hold`` (output must be held from
+            now on) or ``error``.
+        unsent: per direction (INPUT, OUTPUT), bytes relayed unheld whose send had not finished:
+            the task path sends them first, never holds them.
+        pending: per direction, bytes read at the hand-over and not sent (output: to be held).
         ended: per direction, True when its EOF was seen and passed on (half-close).
         error: the OSError for ``error``.
     """
 
-    __slots__ = ("done", "ended", "error", "pending", "reason", "sides")
+    __slots__ = ("done", "ended", "error", "pending", "reason", "sides", "unsent")
 
     def __init__(self) -> None:
         self.sides: tuple[_Side, ...] = ()
         self.reason = ""
+        self.unsent = [b"", b""]
         self.pending = [b"", b""]
         self.ended = [False, False]
         self.error: OSError | None = None
@@ -55,12 +64,16 @@ class Handover:
 
 
 class _Side:
-    __slots__ = ("direction", "dst", "handover", "link", "src")
+    """One direction of a link: read ``src``, write ``dst``; ``blocked`` bytes wait for ``dst``."""
+
+    __slots__ = ("blocked", "direction", "dst", "dst_fd", "handover", "link", "src", "src_fd")
 
     def __init__(self, link: Link, src: socket.socket, dst: socket.socket, direction: int,
                  handover: Handover) -> None:
         self.link, self.src, self.dst = link, src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.direction, self.handover = direction, handover
+        self.blocked = b""
 
 
 class FastRelay:
@@ -68,7 +81,9 @@ class FastRelay:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._sides: dict[int, _Side] = {}
+        self._readers: dict[int, _Side] = {}  # fd -> the direction that reads it
+        self._writers: dict[int, _Side] = {}  # fd -> the direction with bytes blocked on it
+        self._flags: dict[int, int] = {}  # fd -> what the epoll set watches now
         self._buf = bytearray(_CHUNK)
         self._woken = trio.Event()
 
@@ -78,55 +93,104 @@ class FastRelay:
         sides = handover.sides = (_Side(link, peer, server, INPUT, handover),
                                   _Side(link, server, peer, OUTPUT, handover))
         for side in sides:
-            self._sides[side.src.fileno()] = side
-            self._epoll.register(side.src.fileno(), select.EPOLLIN)
+            self._readers[side.src_fd] = side
+            self._watch(side.src_fd)
         self._woken.set()
         try:
             await handover.done.wait()
         finally:
-            for side in sides:
-                self._forget(side)
+            self._finish(handover, "cancelled")
 
     def evict_all(self, reason: str) -> None:
         """Every link leaves now (the gateway became guarded)."""
-        for side in list(self._sides.values()):
+        for side in list(self._readers.values()):
             self._finish(side.handover, reason)
 
     def evict(self, handover: Handover, reason: str) -> None:
-        """One link leaves now (it needs a hold although the gateway is not guarded)."""
+        """One link leaves now (its output must be held although the gateway is not guarded)."""
         self._finish(handover, reason)
 
-    def _forget(self, side: _Side) -> None:
-        fd = side.src.fileno()
-        if fd >= 0 and self._sides.get(fd) is side:
-            del self._sides[fd]
+    def _watch(self, fd: int) -> None:
+        """Make the epoll set watch ``fd`` for what its directions need now."""
+        reader = self._readers.get(fd)
+        flags = (_IN if reader is not None and not reader.blocked else 0) | \
+            (_OUT if fd in self._writers else 0)
+        old = self._flags.get(fd)
+        if flags == old:
+            return
+        if old is None:
+            self._epoll.register(fd, flags)
+        elif flags:
+            self._epoll.modify(fd, flags)
+        else:
             self._epoll.unregister(fd)
+            del self._flags[fd]
+            return
+        self._flags[fd] = flags
 
     def _finish(self, handover: Handover, reason: str, error: OSError | None = None) -> None:
         if not handover.done.is_set():
             handover.reason, handover.error = reason, error
             handover.done.set()
-            for side in handover.sides:  # now: level-triggered, they would be reported again
-                self._forget(side)
+        for side in handover.sides:  # now: level-triggered, they would be reported again
+            if side.blocked:
+                handover.unsent[side.direction] = side.blocked
+                side.blocked = b""
+            for table, fd in ((self._readers, side.src_fd), (self._writers, side.dst_fd)):
+                if table.get(fd) is side:
+                    del table[fd]
+            for fd in (side.src_fd, side.dst_fd):
+                if fd in self._flags and fd not in self._readers and fd not in self._writers:
+                    self._epoll.unregister(fd)
+                    del self._flags[fd]
 
     async def run(self) -> None:
         """Serve ready sockets forever (one task per gateway)."""
-        epoll, sides, buf = self._epoll, self._sides, self._buf
+        epoll, readers, writers, buf = self._epoll, self._readers, self._writers, self._buf
         view = memoryview(buf)
         while True:
-            if not sides:
+            if not self._flags:
                 await self._woken.wait()
                 self._woken = trio.Event()
                 continue
             await trio.lowlevel.wait_readable(epoll.fileno())
-            for fd, _ in epoll.poll(0, _EVENTS):
-                side = sides.get(fd)
-                if side is not None and not side.handover.done.is_set():
-                    self._move(side, buf, view)
+            for fd, events in epoll.poll(0, _EVENTS):
+                if events & ~_IN:  # writable, or an error/hang-up a pending send will meet
+                    side = writers.get(fd)
+                    if side is not None:
+                        self._unblock(side)
+                if events & ~_OUT:  # readable, or an error/hang-up the receive will meet
+                    side = readers.get(fd)
+                    if side is not None and not side.blocked:
+                        self._move(side, buf, view)
 
     def close(self) -> None:
         """Release the epoll set (after every link and ``run`` ended)."""
         self._epoll.close()
+
+    def _send(self, side: _Side, data: memoryview | bytes) -> bool:
+        """Send what ``dst`` takes now; the rest blocks the direction. False after an error."""
+        try:
+            sent = side.dst.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._finish(side.handover, "error", exc)
+            return False
+        side.link.passed(side.direction == OUTPUT, memoryview(data)[:sent])
+        if sent < len(data):
+            side.blocked = bytes(data[sent:])
+            self._writers[side.dst_fd] = side
+            self._watch(side.dst_fd)
+            self._watch(side.src_fd)
+        return True
+
+    def _unblock(self, side: _Side) -> None:
+        data, side.blocked = side.blocked, b""
+        del self._writers[side.dst_fd]
+        if self._send(side, data) and not side.blocked:
+            self._watch(side.dst_fd)
+            self._watch(side.src_fd)
 
     def _move(self, side: _Side, buf: bytearray, view: memoryview) -> None:
         handover, link = side.handover, side.link
@@ -138,7 +202,8 @@ class FastRelay:
             self._finish(handover, "error", exc)
             return
         if n == 0:
-            self._forget(side)
+            del self._readers[side.src_fd]
+            self._watch(side.src_fd)
             _sockio.shutdown_write(side.dst)
             handover.ended[side.direction] = True
             if all(handover.ended):
@@ -148,14 +213,4 @@ class FastRelay:
             handover.pending[OUTPUT] = bytes(view[:n])  # to be held, not sent
             self._finish(handover, "guard")
             return
-        try:
-            sent = side.dst.send(view[:n])
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._finish(handover, "error", exc)
-            return
-        link.passed(side.direction == OUTPUT, view[:sent])
-        if sent < n:
-            handover.pending[side.direction] = bytes(view[sent:n])
-            self._finish(handover, "slow")
+        self._send(side, view[:n])

@@ -118,10 +118,11 @@ class Link:
                 self.log.info("left the fast path", reason=handover.reason)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if not handover.ended[INPUT]:
-                    nursery.start_soon(self._input, peer, server, handover.pending[INPUT])
-                nursery.start_soon(self._output, server, peer, handover.pending[OUTPUT],
-                                   handover.ended[OUTPUT])
+                if not handover.ended[INPUT]:  # input is never held: unsent first, then on
+                    nursery.start_soon(self._input, peer, server,
+                                       handover.unsent[INPUT] + handover.pending[INPUT])
+                nursery.start_soon(self._output, server, peer, handover.unsent[OUTPUT],
+                                   handover.pending[OUTPUT], handover.ended[OUTPUT])
                 nursery.start_soon(self._writer, peer)
         except* OSError as group:
             self._reset(group.exceptions[0])
@@ -212,8 +213,8 @@ class Link:
 
     # --- output: from the server ---------------------------------------------------------------
 
-    async def _output(self, server: socket.socket, peer: socket.socket, first: bytes,
-                      ended: bool) -> None:
+    async def _output(self, server: socket.socket, peer: socket.socket, unsent: bytes,
+                      first: bytes, ended: bool) -> None:
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         fair = _sockio.Yielder()
@@ -221,6 +222,11 @@ class Link:
         stats = gateway.stats
         lock = self._to_peer_lock
         limit = gateway.config.hold_bytes
+        if unsent:  # relayed unheld before the hand-over: it goes out, whatever the guard says
+            async with lock:
+                await _sockio.send_all(peer, unsent)
+            self.out_offset += len(unsent)
+            stats.bytes_passed += len(unsent)
         while not ended:
             if first:  # read by the fast path, not sent
                 n, chunk, first = len(first), memoryview(first), b""

@@ -82,8 +82,8 @@ async def test_many_connections_interleaved(start_gateway, upstream, net):
 
 async def test_bulk_transfer_to_a_slow_reader_keeps_every_byte_in_order(start_gateway, upstream,
                                                                         net):
-    """A peer that does not read makes the relay's send partial: the fast path hands the link to
-    the task path with the unsent bytes; nothing is lost or reordered."""
+    """A peer that does not read makes the relay's sends partial: the fast path blocks that
+    direction (backpressure) and resumes; nothing is lost or reordered, the link stays there."""
     serving = await start_gateway(control=False)
     client = await net.connect(serving.listening[0])
     server = await upstream.accept()
@@ -98,8 +98,7 @@ async def test_bulk_transfer_to_a_slow_reader_keeps_every_byte_in_order(start_ga
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_slowly)
             await net.send(server, payload)
+        await net.send(client, b"and back")
+        assert await net.recv_exactly(server, 8) == b"and back"
     assert got == payload
-    assert {"event": "left the fast path", "reason": "slow", "log_level": "info"} in [
-        {k: e[k] for k in ("event", "reason", "log_level") if k in e} for e in logs]
-    await net.send(client, b"and back")
-    assert await net.recv_exactly(server, 8) == b"and back"
+    assert not [e for e in logs if e["event"] == "left the fast path"]

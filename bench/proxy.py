@@ -30,6 +30,10 @@ figure to trust, wall ratios move by +-0.1 from run to run):
   EAGAIN in request/response traffic (wait first unless the last receive filled the buffer);
 - unguarded links now share one private level-triggered epoll served by one task
   (``vproxy/_fastrelay.py``): ~8 us of Python per request, CPU per request ~1.0-1.3x haproxy;
+  with backpressure handled there too, the wget crawl of the manual (bench/wget_manual.py) went
+  from 122 to 74 us of proxy CPU per request (haproxy 47-60), +14.5% vs native (haproxy +17%);
+- two gateway processes on one port (SO_REUSEPORT) gave no more requests/s on 2 shared cores
+  and ~25% more CPU per request; splice() was not tried: the kernel share is already haproxy's;
 - guarded: HTTP framing of both held streams (protocols/http, llhttp through ctypes, a callback
   per header) costs ~45 us per request, the control lines ~10 us (4 lines: BEGIN, IO in, IO out,
   COMMIT); ``vproxy-guarded-raw`` shows the rest. Framing runs only with ``--on-abort replace``;

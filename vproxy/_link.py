@@ -73,6 +73,7 @@ class Link:
         self._peer: socket.socket | None = None  # where the server's output goes
         self._handover: Handover | None = None  # set while on the fast path
         self._backlog: list[bytes | Mark] = []  # released by ``kick``, not sent yet
+        self._closing = False  # a policy closed the link: nothing more goes out
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -278,6 +279,8 @@ class Link:
         """Control events changed what is releasable: send it now if the peer socket is free and
         takes it whole (no task switch between the event and the send), else let the writer."""
         hold, peer = self.hold, self._peer
+        if self._closing:
+            return
         if hold is None or peer is None or self._backlog or self._to_peer_lock.locked():
             self._wake.set()
             return
@@ -383,6 +386,8 @@ class Link:
             items, self._backlog = [*self._backlog, *self._pump(hold, now)], []
             if items:
                 await self._send_items(peer, items)
+            if self._closing:
+                return
             if hold.buf and (len(hold.buf) > config.hold_bytes or
                              now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
                 await self._bound(peer, hold, now)
@@ -423,6 +428,7 @@ class Link:
 
     def _close(self, peer: socket.socket) -> None:
         """End the link now: the peer reads EOF after what was already released, nothing more."""
+        self._closing = True
         _sockio.shutdown_write(peer)
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()

@@ -1,0 +1,48 @@
+"""The real agent (healer/agent, every module) heals a fault in a supervised function and the memory
+log puts back every byte it changed: a global struct, a heap buffer (also through glibc memcpy and
+memset, AVX-512 and rep stosb stores) and its caller's stack frame hold exactly their pre-call
+bytes afterwards, at -O0 and -O2, attached and spawned. With rollback disabled (config flag) the
+same run leaves all three changed, so the test proves it can fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from healer._agent_source import agent_source
+
+from .test_rollback_log import regions
+
+CALLS = 3
+
+
+def heal_calls(target, rollback: bool) -> tuple[str, list[str], dict]:
+    events: list = []
+    script = target.load(agent_source(), lambda m, d: events.append(m))
+    target.resume()
+    before = target.command("state")
+    script.exports_sync.init({"rollback": rollback,
+                              "coverage": {"mode": "list", "functions": ["update_account"]}})
+    after = [target.command("call 1") for _ in range(CALLS)]
+    status = script.exports_sync.status()
+    assert status["txn"]["heals"] == CALLS, (status, events)
+    return before, after, status["memlog"]
+
+
+@pytest.mark.parametrize("opt", ["-O0", "-O2"])
+@pytest.mark.parametrize("mode", ["attach", "spawn"])
+def test_heal_restores_every_byte_and_without_rollback_does_not(memlog_target, opt, mode):
+    target = memlog_target(opt, mode)
+    before, after, stats = heal_calls(target, rollback=True)
+    for line in after:
+        assert line.endswith("ret=-1")      # the virtualized return value reached the caller
+        assert regions(line) == regions(before), (line, before)
+    assert stats["overflows"] == 0 and stats["restored"] == stats["logged"] > 0
+    # A healthy call after the heals still commits normally.
+    assert target.command("call 0").endswith("ret=1")
+
+    control = memlog_target(opt, mode)
+    before, after, stats = heal_calls(control, rollback=False)
+    for region in ("global", "heap", "frame"):
+        assert regions(after[0])[region] != regions(before)[region], region
+    assert stats["restored"] == 0 and control.alive()

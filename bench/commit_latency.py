@@ -8,8 +8,8 @@ server's stamp. Configurations, measured side by side in one run, alternating ro
 
 - ``direct``: the client talks to the server, no gateway, no agent;
 - ``relay``: through ``vproxy serve`` with no healer (plain relay);
-- ``guarded``: through ``vproxy serve`` with the agent's wire module in the server (stand-in
-  core of tests/memlog driving 10_wire.js): every reply is held until its COMMIT arrives.
+- ``guarded``: through ``vproxy serve`` with the healer agent in the server (handle_request
+  supervised, memory log on): every reply is held until its COMMIT arrives.
 
 Prints median and p99 in microseconds and the guarded/relay ratio; writes
 ``bench/results/commit_latency.json``.
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import frida
 
-from bench.memlog import RESULTS, harness_source
+from bench.memlog import RESULTS
+from healer._agent_source import agent_source
 from targets import build
 
 WAIT = 10.0
@@ -104,11 +105,12 @@ def _round(mode: str, requests: int, tmp: Path) -> list[float]:
         if mode == "guarded":
             _wait_for("the control token", lambda: Path(str(ctl) + ".token").exists())
             session = frida.attach(server.pid)
-            script = session.create_script(harness_source(("10_wire.js",)))
+            script = session.create_script(agent_source())
             script.load()
             token = Path(str(ctl) + ".token").read_text().strip()
-            script.exports_sync.init({"control": {"path": str(ctl), "token": token}},
-                                     ["handle_request"], "never")
+            coverage = {"mode": "list", "functions": ["handle_request"]}
+            script.exports_sync.init({"control": {"path": str(ctl), "token": token},
+                                      "coverage": coverage})
             if not script.exports_sync.status()["wire"]["connected"]:
                 raise RuntimeError("the agent could not pair with vproxy")
         return _samples(listen, requests)

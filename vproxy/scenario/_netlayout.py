@@ -67,7 +67,7 @@ def healer_argv(pid: int, control: Path, policy: Path, coverage: Path) -> list[s
 def attach_healer(servers: Servers, layout: Layout, policy: Path,
                   functions: Sequence[str] = ("check_credentials", "handle_transfer"),
                   timeout: float = 60.0) -> Started:
-    """Attach the healer to the layout's payfront; returns once it reports ``attached``.
+    """Attach the healer to the layout's payfront; returns once it logs ``healer ready``.
 
     The healer runs on the host: Frida reaches payfront by pid, and the agent inside payfront
     reaches the gateway's control socket by its path (Unix sockets with a path are not bound to a
@@ -79,7 +79,8 @@ def attach_healer(servers: Servers, layout: Layout, policy: Path,
     coverage = layout.control.with_name("payfront.functions")
     coverage.write_text("".join(f"{name}\n" for name in functions))
     return servers.start("healer", healer_argv(layout.payfront.proc.pid, layout.control, policy,
-                                               coverage), timeout=timeout, ready=b"attached")
+                                               coverage), timeout=timeout, ready=b"healer ready",
+                         merge_stderr=True)
 
 
 def ns_opener(ns: str, host: str, port: int) -> Opener:

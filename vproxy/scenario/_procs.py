@@ -44,8 +44,9 @@ class Started:
         return f"{self.name} exited ({how})"
 
 
-def _ready_line(fd: int, word: bytes, timeout: float) -> bytes | None:
-    """The first stdout line containing ``word`` (``READY <port>`` for READY), or None."""
+def _ready_line(fd: int, word: bytes, timeout: float, log: int) -> bytes | None:
+    """The first stdout line containing ``word`` (``READY <port>`` for READY), or None; what is
+    read is copied to ``log``."""
     deadline = time.monotonic() + timeout
     buf = b""
     while time.monotonic() < deadline:
@@ -60,6 +61,7 @@ def _ready_line(fd: int, word: bytes, timeout: float) -> bytes | None:
         chunk = os.read(fd, 4096) if readable else b""
         if not chunk:
             return None
+        os.write(log, chunk)
         buf += chunk
     return None
 
@@ -84,7 +86,8 @@ class Servers:
         self.started: list[Started] = []
 
     def start(self, name: str, argv: Sequence[str], *, spawn: Spawner = subprocess.Popen,
-              timeout: float = 10.0, ready: bytes | None = b"READY") -> Started:
+              timeout: float = 10.0, ready: bytes | None = b"READY",
+              merge_stderr: bool = False) -> Started:
         """Run ``argv`` and wait until it prints its ready line.
 
         Args:
@@ -96,13 +99,15 @@ class Servers:
             ready: ``b"READY"`` waits for ``READY <port>`` (the port is kept); another word waits
                 for a stdout line containing it; None does not wait (the caller checks readiness).
                 Later stdout is drained into the stderr log, so a chatty program never blocks.
+            merge_stderr: look for ``ready`` in stderr too (a program that logs it there).
 
         Error handling:
             ServerError if it cannot be executed, exits, or prints no ready line in time.
         """
         err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__, it outlives start()
         try:
-            proc = spawn(list(argv), stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+            proc = spawn(list(argv), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         stderr=subprocess.STDOUT if merge_stderr else err)
         except OSError as exc:
             err.close()
             raise ServerError(f"cannot run {name} ({argv[0]}): {exc}") from None
@@ -110,7 +115,7 @@ class Servers:
         self.started.append(started)
         assert proc.stdout is not None
         out = proc.stdout.fileno()
-        line = _ready_line(out, ready, timeout) if ready is not None else b""
+        line = _ready_line(out, ready, timeout, err.fileno()) if ready is not None else b""
         if ready is not None and line is None:
             proc.kill()
             proc.wait(timeout=5)

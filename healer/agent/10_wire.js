@@ -55,7 +55,7 @@ const _wireModule = (function () {
   }
 
   function log(level, event, fields) {
-    Sead.emit('log', Object.assign({ level, event, component: 'wire' }, fields));
+    Sead.log(level, event, Object.assign({ component: 'wire' }, fields));
   }
 
   // --- the connection -------------------------------------------------------------------------

@@ -271,7 +271,7 @@ const _memlogModule = (function () {
       st.unfollowed = true;
     }
     if (!complete) {
-      Sead.emit('log', { level: 'error', event: 'memlog-overflow', tx: tx.id,
+      Sead.log('error', 'memlog-overflow', { tx: tx.id,
         why: `the log (${logBytes} bytes a thread) filled up: rollback is incomplete; raise memlog.bytes` });
     }
     return { restored, complete };

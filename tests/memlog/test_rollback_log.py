@@ -46,3 +46,16 @@ def test_without_rollback_every_region_changes(memlog_target, opt):
     for region in ("global", "heap", "frame"):
         assert changed[region] != regions(before)[region], region
     assert stats["restored"] == 0 and stats["logged"] > 0
+
+
+def test_a_full_log_is_reported_never_silently_incomplete(memlog_target):
+    target = memlog_target("-O2", "attach")
+    messages: list = []
+    script = target.load(harness_source(), lambda m, d: messages.append(m.get("payload")))
+    script.exports_sync.init({"memlog": {"bytes": 1024}}, ["update_account"], "always")
+    target.command("call 0")
+    stats = script.exports_sync.status()["memlog"]
+    assert stats["overflows"] > 0
+    logged = [p["fields"] for p in messages if p and p.get("event") == "log"]
+    assert any(f["event"] == "memlog-overflow" for f in logged), messages
+    assert target.alive()

@@ -180,7 +180,7 @@ class Link:
             if self.hold is not None or self.gateway.guarded:
                 self.holding()  # guarded: frame requests from here on, as the output will be
                 if self.replacer.wants_requests:
-                    self.replacer.client_data(bytes(chunk))
+                    self.replacer.client_data(chunk)
             stats.bytes_passed += n
         _sockio.shutdown_write(server)
 

@@ -1,0 +1,225 @@
+"""Where the released HTTP output stands: at the end of a response, or inside one.
+
+A replacement may only be sent when the released stream ends exactly at a message boundary, and it
+must answer the oldest unanswered request (HEAD gets no body). ``HttpBoundaries`` keeps both facts
+up to date for one link from the client's bytes and the released server bytes.
+
+Why not only the llhttp framers of ``protocols/http``: driven through ctypes they cost ~40 us per
+request/response pair in the gateway (callbacks, pauses, event objects), half of the guarded path's
+CPU. Almost all keep-alive traffic is a body-less GET/HEAD answered with a Content-Length response,
+and those boundaries follow from a head scan done by a few C-level bytes operations. So each
+direction starts on a conservative scanner that accepts only such messages, and at the first
+message start it does not fully understand (a body, chunked, Upgrade/CONNECT, Connection other than
+keep-alive, HTTP/1.0, 1xx/204/304, obs-fold, bare CR or LF, a duplicate length...) it hands the
+stream, from that message boundary on, to the llhttp framer for good. Both agree on every boundary
+of the messages the scanner accepts (tests/vproxy/test_httpframe.py checks it on generated
+streams); the framers stay the authority for everything else.
+
+After an Upgrade or CONNECT request the request framer waits for ``protocol_switched``: the
+response that answers that request decides it (101, or 2xx to CONNECT: accepted, both directions
+become an opaque tunnel with no boundary any more; anything else: declined, framing goes on).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Final
+
+from protocols import http
+from protocols._framing import NEED_DATA, MessageEnd, MessageStart, ProtocolError
+
+_MAX_HEAD: Final = 64 * 1024  # the framers' default head limit: past it the framer decides
+_MAX_WAITING: Final = 1024 * 1024  # response bytes with no request to answer yet (framer's limit)
+_SIMPLE_REQUEST: Final = re.compile(rb"(GET|HEAD) [\x21-\x7e]+ HTTP/1\.1\r\n")
+_SIMPLE_STATUS: Final = re.compile(rb"HTTP/1\.1 [2-5]\d\d[^\r\n]*\r\n")
+_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,15})[ \t]*\r\n")
+_KEEP_ALIVE: Final = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*\r\n")
+
+
+def _plain_head(head: bytes, low: bytes) -> bool:
+    """True when the head's lines end in CRLF only, none is folded, and its only Connection
+    header (if any) says keep-alive and it names no Transfer-Encoding or Upgrade anywhere."""
+    return (head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")
+            and b"\r\n " not in head and b"\r\n\t" not in head
+            and b"transfer-encoding" not in low and b"upgrade" not in low
+            and low.count(b"connection") == len(_KEEP_ALIVE.findall(low)))
+
+
+def simple_request(head: bytes) -> str | None:
+    """The method of a complete request head the scanner understands (a body-less HTTP/1.1 GET or
+    HEAD, no Content-Length), else None (the llhttp framer takes over)."""
+    match = _SIMPLE_REQUEST.match(head)
+    low = head.lower()
+    if match is None or b"content-length" in low or not _plain_head(head, low):
+        return None
+    return match.group(1).decode("ascii")
+
+
+def simple_response_length(head: bytes, method: str) -> int | None:
+    """Body length of a complete response head answering ``method`` (GET or HEAD) that the scanner
+    understands (HTTP/1.1, status 200-599 but 204/304, exactly one Content-Length), else None."""
+    low = head.lower()
+    if _SIMPLE_STATUS.match(head) is None or head[9:12] in (b"204", b"304") \
+            or not _plain_head(head, low) or low.count(b"content-length") != 1:
+        return None
+    match = _LENGTH.search(low)
+    if match is None:
+        return None
+    return 0 if method == "HEAD" else int(match.group(1))
+
+
+class HttpBoundaries:
+    """The request/response bookkeeping of one held HTTP link, from a message boundary on."""
+
+    def __init__(self) -> None:
+        self.broken = False  # a framing error: no boundary is trusted any more
+        self.unanswered: deque[http.RequestInfo] = deque()  # requests seen, responses not ended
+        self.fed = 0  # released server bytes seen
+        self.boundary = 0  # offset of the last response end
+        self._qbuf = bytearray()  # fast path: the client's bytes from the current request start
+        self._rbuf = bytearray()  # fast path: server bytes from the current response start
+        self._rstart = 0  # stream offset of _rbuf[0] (once framed: of the framer's first byte)
+        self._body_left = 0  # fast path: body bytes of the current response still to come
+        self._requests: http.RequestFramer | None = None  # set once requests left the fast path
+        self._responses: http.ResponseFramer | None = None  # likewise for responses
+        self._switch_due = False  # the request framer waits for protocol_switched()
+        self._switch: bool | None = None  # the server's verdict on the pending upgrade
+
+    @property
+    def buffered(self) -> int:
+        """Bytes kept for framing (not yet placed in a message)."""
+        return len(self._qbuf) + len(self._rbuf) + \
+            (self._requests.buffered if self._requests is not None else 0) + \
+            (self._responses.buffered if self._responses is not None else 0)
+
+    def at_boundary(self) -> bool:
+        return not self.broken and self.boundary == self.fed
+
+    # --- client to server --------------------------------------------------------------------
+
+    def client_data(self, data: bytes | memoryview) -> None:
+        """Bytes the client sent towards the server."""
+        if self.broken:
+            return
+        try:
+            if self._requests is None:
+                self._qbuf += data
+                self._scan_requests()
+            else:
+                self._requests.receive_data(bytes(data))
+            self._drain()
+        except ProtocolError:
+            self._break()
+
+    def _scan_requests(self) -> None:
+        buf = self._qbuf
+        while buf:
+            end = buf.find(b"\r\n\r\n", 0, _MAX_HEAD)
+            if end < 0 and len(buf) < _MAX_HEAD:
+                return
+            method = simple_request(bytes(buf[:end + 4])) if end >= 0 else None
+            if method is None:  # the framer takes over from this request's first byte
+                self._requests = http.RequestFramer()
+                self._requests.receive_data(bytes(buf))
+                buf.clear()
+                return
+            del buf[:end + 4]
+            self._requested(http.RequestInfo(method, "", "1.1", keep_alive=True, upgrade=False))
+
+    def _requested(self, info: http.RequestInfo) -> None:
+        self.unanswered.append(info)
+        if self._responses is not None:
+            self._responses.expect(info)
+
+    # --- server to client --------------------------------------------------------------------
+
+    def released(self, data: bytes | memoryview) -> None:
+        """Server bytes that just went to the client."""
+        if self.broken:
+            return
+        self.fed += len(data)
+        try:
+            if self._responses is not None:
+                self._responses.receive_data(bytes(data))
+            else:
+                if self._body_left:  # body bytes are counted, never copied
+                    take = min(self._body_left, len(data))
+                    self._body_left -= take
+                    self._rstart += take
+                    if not self._body_left:
+                        self._response_ended(self._rstart)
+                    data = data[take:]
+                self._rbuf += data
+                self._scan_responses()
+                if len(self._rbuf) > _MAX_WAITING:
+                    raise http.BufferLimitExceeded("server", self._rstart, "response bytes with "
+                                                   "no request outstanding")
+            self._drain()
+        except ProtocolError:
+            self._break()
+
+    def _scan_responses(self) -> None:
+        buf = self._rbuf
+        while buf and not self._body_left and self.unanswered and self._responses is None:
+            request = self.unanswered[0]
+            end = buf.find(b"\r\n\r\n", 0, _MAX_HEAD)
+            if end < 0 and len(buf) < _MAX_HEAD:
+                return
+            length = None
+            if end >= 0 and request.method in ("GET", "HEAD") and not request.upgrade:
+                length = simple_response_length(bytes(buf[:end + 4]), request.method)
+            if length is None:  # the framer takes over from this response's first byte
+                self._responses = http.ResponseFramer()  # its offsets count from here
+                for info in self.unanswered:
+                    self._responses.expect(info)
+                self._responses.receive_data(bytes(buf))
+                buf.clear()
+                return
+            total = end + 4 + length
+            if total <= len(buf):
+                del buf[:total]
+                self._rstart += total
+                self._response_ended(self._rstart)
+            else:
+                self._body_left = total - len(buf)
+                self._rstart += len(buf)
+                buf.clear()
+
+    def _response_ended(self, offset: int) -> None:
+        self.boundary = offset
+        self.unanswered.popleft()
+
+    # --- the framers, once they took over ----------------------------------------------------
+
+    def _drain(self) -> None:
+        """Apply the framers' events until neither can go on (a switch verdict may unblock the
+        request framer, whose next request lets the response framer go on)."""
+        progress = self._requests is not None or self._responses is not None
+        while progress:
+            progress = False
+            requests, responses = self._requests, self._responses
+            if requests is not None:
+                while (event := requests.next_event()) is not NEED_DATA:
+                    progress = True
+                    if isinstance(event, MessageStart):
+                        self._requested(event.info)
+                    elif isinstance(event, MessageEnd) and event.info.upgrade:
+                        self._switch_due = True
+            if responses is not None:
+                while (event := responses.next_event()) is not NEED_DATA:
+                    progress = True
+                    if isinstance(event, MessageStart) and self.unanswered[0].upgrade:
+                        self._switch = event.info.switched
+                    elif isinstance(event, MessageEnd):
+                        self._response_ended(self._rstart + event.offset)
+            if self._switch_due and self._switch is not None and requests is not None:
+                requests.protocol_switched(self._switch)
+                self._switch_due, self._switch = False, None
+                progress = True
+
+    def _break(self) -> None:
+        self.broken = True
+        self._qbuf.clear()
+        self._rbuf.clear()
+        self._requests = self._responses = None

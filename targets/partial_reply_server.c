@@ -2,9 +2,10 @@
  * partial_reply_server: a line-protocol TCP server whose supervised handlers write part of a reply
  * and then fault, for the commit-protocol tests (vproxy must never let the partial reply out).
  *
- *   usage: partial_reply_server PORT        (PORT 0: any; prints "listening PORT")
+ *   usage: partial_reply_server PORT [fork]  (PORT 0: any; prints "listening PORT")
  *
- * One connection at a time, one request a line:
+ * One connection at a time, or with "fork" a child process per connection (like a prefork
+ * server, each child needs its own agent and control connection); one request a line:
  *   GET NAME   handle_request: writes "REPLY " then "NAME\n" in two write()s; a NAME containing
  *              "crash" faults between them (after the partial reply was written); one containing
  *              "refuse" returns -1 there instead (a failed check, no fault).
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <signal.h>
 #include <unistd.h>
 
 int g_stage;
@@ -137,6 +139,7 @@ main (int argc, char **argv)
                            .sin_port = htons (argc > 1 ? atoi (argv[1]) : 0) };
   socklen_t alen = sizeof a;
 
+  signal (SIGCHLD, SIG_IGN);  /* forked children are reaped by the kernel */
   setsockopt (s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (bind (s, (struct sockaddr *) &a, sizeof a) != 0 || listen (s, 16) != 0)
   {
@@ -153,6 +156,17 @@ main (int argc, char **argv)
       continue;
     /* Replies are written in pieces: without this, Nagle + the client's delayed ACK add 40 ms. */
     setsockopt (c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (argc > 2 && strcmp (argv[2], "fork") == 0)
+    {
+      if (fork () == 0)
+      {
+        close (s);
+        serve_connection (c);
+        _exit (0);
+      }
+      close (c);
+      continue;
+    }
     serve_connection (c);
     close (c);
   }

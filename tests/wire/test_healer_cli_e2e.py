@@ -72,8 +72,10 @@ class Healer:
         self.proc.wait(timeout=WAIT)
 
 
-@pytest.mark.parametrize("mode", ["run", "attach"])
+@pytest.mark.parametrize("mode", ["run", "attach", "run-fork"])
 async def test_healer_cli_pairs_with_the_gateway_and_a_fault_never_leaks(tmp_path, mode):
+    """``run-fork``: the server forks a child per connection (`--follow-children`); the child's
+    agent pairs over its own control connection and heals there."""
     port = free_port()
     exe = str(build("partial_reply_server", opt="-O2"))
     coverage = tmp_path / "coverage.txt"
@@ -91,6 +93,9 @@ async def test_healer_cli_pairs_with_the_gateway_and_a_fault_never_leaks(tmp_pat
             if mode == "run":
                 healer = Healer([sys.executable, "-m", "healer", "run", *common, "--", exe,
                                  str(port)], env)
+            elif mode == "run-fork":
+                healer = Healer([sys.executable, "-m", "healer", "run", "--follow-children",
+                                 *common, "--", exe, str(port), "fork"], env)
             else:
                 server = subprocess.Popen([exe, str(port)], stdout=subprocess.PIPE, text=True)
                 assert server.stdout is not None and server.stdout.readline().startswith("listen")
@@ -113,6 +118,8 @@ async def test_healer_cli_pairs_with_the_gateway_and_a_fault_never_leaks(tmp_pat
                 await client.send(b"GET bob\n")
                 assert await recv_until(client, b"\n") == b"REPLY bob\n"
             os.kill(target, 0)  # the server is alive
+            if mode == "run-fork":
+                assert healer.wait_for("child forked")["parent"] == target
         finally:
             if healer is not None:
                 healer.close()

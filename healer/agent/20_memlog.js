@@ -1,13 +1,15 @@
 // The memory log and rollback (Sead.memlog), STEM section 3.3.1, with gradual commits (section 5).
 //
 // A thread is followed by Stalker once, on its first supervised call, and stays followed: follow/
-// unfollow per call re-translates every block (~1.75 ms a call). Logging is gated per thread: the
-// gate is on only while a supervised transaction is open, and it is switched from the core's hooks,
-// which run in Frida's own (excluded, hence native) code, so Frida's writes are never logged.
-// Every instruction with a memory destination gets an inline call of memlog_store (memlog.c) that
-// copies the bytes it is about to overwrite into the thread's preallocated log, unless they lie on the thread's own
-// stack below the innermost transaction's entry sp (that frame dies with the virtualized return).
-// A transaction's marker is the log length at its entry; rollback undoes back to it, newest first.
+// unfollow per call re-translates every block (~1.75 ms a call); only a heal (which resumes the
+// thread outside the code cache) makes it follow again. Logging is gated per thread: the gate is on
+// only while a supervised transaction is open, and it is switched from the core's hooks, which run
+// in Frida's own (excluded, hence native) code, so Frida's writes are never logged. Every
+// instruction with a memory destination gets an inline call of memlog_store (memlog.c) that copies
+// the bytes it is about to overwrite into the thread's preallocated log, unless they lie on the
+// thread's own stack below the innermost transaction's entry sp (that frame dies with the
+// virtualized return). A transaction's marker is the log length at its entry; rollback undoes back
+// to it, newest first. docs/memlog-and-wire.md has the details and the limits.
 
 const _memlogModule = (function () {
   const DESC_REP = 1;

@@ -47,11 +47,25 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def operator_errors(fn: Callable[..., T], *a: Any, **kw: Any) -> T:
-    """Call ``fn``; a HealerError becomes a CliError (one line for the operator)."""
+    """Call ``fn``; a HealerError becomes a CliError (one line for the operator), also when a
+    nursery wrapped it in an exception group; Ctrl-C during start-up becomes status 130."""
     try:
         return fn(*a, **kw)
     except HealerError as exc:
         raise CliError(str(exc)) from None
+    except BaseExceptionGroup as group:
+        errors = group.subgroup(HealerError)
+        if errors is not None:
+            raise CliError(str(_first(errors))) from None
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _first(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 def pid_argument(p: argparse.ArgumentParser) -> None:

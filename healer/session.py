@@ -27,6 +27,7 @@ from healer.errors import HealerError, TargetExited
 
 log = structlog.get_logger("healer")
 T = TypeVar("T")
+UNLOAD_WAIT = 2.0  # seconds; see Healer.detach
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +209,17 @@ class Healer:
         return out
 
     async def detach(self) -> None:
-        """Unload the agent everywhere: hooks are removed and the processes keep running."""
+        """Unload the agent everywhere: hooks are removed and the processes keep running.
+
+        The agent unhooks itself first (new calls run natively at once). Frida frees it only when
+        no thread is inside a hooked call any more, which can take until the next request; the
+        detach does not wait for that longer than UNLOAD_WAIT.
+        """
         for p in list(self.processes.values()):
             await trio.to_thread.run_sync(_quiet(p.script.exports_sync.prepare_detach))
-            await trio.to_thread.run_sync(_quiet(p.script.unload))
-            await trio.to_thread.run_sync(_quiet(p.session.detach))
-            log.info("agent detached", pid=p.pid)
+            with trio.move_on_after(UNLOAD_WAIT) as waited:
+                await trio.to_thread.run_sync(_quiet(p.session.detach), abandon_on_cancel=True)
+            log.info("agent detached", pid=p.pid, unload_pending=waited.cancelled_caught)
         self.processes.clear()
 
 

@@ -60,9 +60,9 @@ async def supervise(options: Options, *, pid: int | None = None, argv: Sequence[
     async with open_healer(config, pid=pid, argv=argv, follow_children=follow_children) as healer:
         state.healer = healer
         async with trio.open_nursery() as nursery:
+            await nursery.start(_signals, nursery.cancel_scope)
             path = await nursery.start(control.serve, healer.root_pid,
                                        lambda req: _handle(state, req, nursery.cancel_scope))
-            nursery.start_soon(_signals, nursery.cancel_scope)
             log.info("healer ready", pid=healer.root_pid, control=str(path),
                      coverage=config["coverage"]["mode"])
             await _events(state, healer, nursery)
@@ -77,8 +77,10 @@ def _which(cmd: str) -> Path | None:
     return Path(found) if found else None
 
 
-async def _signals(scope: trio.CancelScope) -> None:
+async def _signals(scope: trio.CancelScope, *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("detaching", signal=signal.Signals(signum).name)
             scope.cancel()

@@ -16,6 +16,7 @@ Sead.detectors = (() => {
     ['abort', 'abort_', 'orig_abort']];
   const stats = { faults: 0, healed: 0, replaced: [] };
   let cm = null;
+  const replaced = [];
 
   function classify(d) {
     const m = d.memory ? d.memory.address : null;
@@ -49,9 +50,16 @@ Sead.detectors = (() => {
     Process.setExceptionHandler(onException);
     for (const [name, stub, addr] of targets) {
       Interceptor.replace(addr, cm[stub]);
+      replaced.push([name, stub, addr]);
       stats.replaced.push(name);
     }
   }
 
-  return { init, status: () => Object.assign({}, stats) };
+  function revert() {
+    for (const [, , addr] of replaced) Interceptor.revert(addr);
+    replaced.length = 0;
+    Interceptor.flush();
+  }
+
+  return { init, revert, status: () => Object.assign({}, stats) };
 })();

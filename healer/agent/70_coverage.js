@@ -183,12 +183,20 @@ Sead.coverage = (() => {
     return fn;
   }
 
+  const inputListeners = [];
+
   function installInputHooks() {
     const libc = Process.getModuleByName('libc.so.6');
     for (const name of INPUT_CALLS) {
       const a = libc.findExportByName(name);
-      if (a !== null) Interceptor.attach(a, Sead.txn.inputListener());
+      if (a !== null) inputListeners.push(Interceptor.attach(a, Sead.txn.inputListener()));
     }
+  }
+
+  function unhookAll() {
+    for (const f of fns) unhook(f);
+    for (const l of inputListeners.splice(0)) l.detach();
+    Interceptor.flush();
   }
 
   function init(config) {
@@ -205,7 +213,7 @@ Sead.coverage = (() => {
       calls: hooked.map(f => [f.name, f.info.add(INFO.calls).readU64().toNumber()]).filter(c => c[1] > 0) };
   }
 
-  return { init, apply, check, supervise, ensureHooked, status, resolve,
+  return { init, apply, check, supervise, ensureHooked, status, resolve, unhookAll,
     byInfo: p => byInfoKey.get(p.toString()) || { name: String(p), address: p },
     functions: () => fns.map(f => ({ name: f.name, address: f.address.toString(), size: f.size, origin: f.origin,
       hooked: f.listener !== null })) };

@@ -60,8 +60,14 @@ class Agent {
     return { supervised };
   }
 
+  // Before the host unloads us: unhook everything now, so new calls run natively at once. Frida
+  // frees the agent only when no thread is inside a hooked call any more (a thread blocked in
+  // read() inside a hooked function holds it): the host does not wait for that.
   prepareDetach() {
     Sead.txn.setEnabled(false);
+    Sead.coverage.unhookAll();
+    Interceptor.detachAll(); // the plugins' hooks too: a JS onLeave would wait for the unload
+    Sead.detectors.revert();
     Sead.flush();
     return true;
   }

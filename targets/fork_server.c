@@ -1,0 +1,111 @@
+/* fork_server: a prefork TCP line server whose workers fork a child per connection, so a healer
+ * attached to it meets both kinds of children: workers that exist at attach time and connection
+ * handlers forked afterwards.
+ *
+ * Usage: fork_server PORT [WORKERS]   (PORT 0 picks a free port; WORKERS defaults to 2)
+ * Prints "READY <port>\n" once listening. One request per line:
+ *   PING\n        ->  PONG\n
+ *   BAR <text>\n  ->  RET <bar(text)>\n    the STEM paper's Figure 1 overflow (see fig1_server.c)
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+__attribute__((noinline)) int bar(char *buf)
+{
+    struct { int i; char rbuf[10]; } l = {0};
+    if (NULL == buf)
+        return -1;
+    while (l.i < (int)strlen(buf))
+        l.rbuf[l.i++] = *buf++;
+    l.rbuf[l.i < 10 ? l.i : 9] = 0;
+    return (int)strlen(l.rbuf) > 0 ? 0 : 1;
+}
+
+__attribute__((noinline)) int handle_line(int fd, char *line)
+{
+    char out[64];
+    if (strncmp(line, "BAR ", 4) == 0)
+        snprintf(out, sizeof out, "RET %d\n", bar(line + 4));
+    else if (strcmp(line, "PING") == 0)
+        snprintf(out, sizeof out, "PONG\n");
+    else
+        snprintf(out, sizeof out, "ERR\n");
+    return write(fd, out, strlen(out)) > 0 ? 0 : -1;
+}
+
+__attribute__((noinline)) void serve(int fd)
+{
+    char buf[4096];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+        if (n <= 0)
+            return;
+        have += (size_t)n;
+        buf[have] = 0;
+        char *start = buf, *nl;
+        while ((nl = strchr(start, '\n')) != NULL) {
+            *nl = 0;
+            if (handle_line(fd, start) < 0)
+                return;
+            start = nl + 1;
+        }
+        have = (size_t)(buf + have - start);
+        memmove(buf, start, have);
+        if (have == sizeof buf - 1)
+            have = 0;
+    }
+}
+
+__attribute__((noinline)) void worker(int ls)
+{
+    for (;;) {
+        int fd = accept(ls, NULL, NULL);
+        if (fd < 0)
+            continue;
+        pid_t pid = fork();
+        if (pid == 0) {
+            serve(fd);
+            _exit(0);
+        }
+        close(fd);
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int port = argc > 1 ? atoi(argv[1]) : 0;
+    int workers = argc > 2 ? atoi(argv[2]) : 2;
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {0};
+    socklen_t alen = sizeof a;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((unsigned short)port);
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 64) < 0) {
+        perror("fork_server: bind/listen");
+        return 1;
+    }
+    getsockname(ls, (struct sockaddr *)&a, &alen);
+    for (int i = 0; i < workers; i++)
+        if (fork() == 0) {
+            worker(ls);
+            _exit(0);
+        }
+    printf("READY %d\n", ntohs(a.sin_port));
+    fflush(stdout);
+    for (;;) {
+        if (wait(NULL) < 0)
+            pause();
+    }
+}

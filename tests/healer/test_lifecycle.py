@@ -1,0 +1,133 @@
+"""Attach to a running server, heal, detach (by command and by Ctrl-C), spawn under `healer run`,
+reload coverage, alert and inject through the control socket, follow a forking server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+
+from targets import build
+
+
+def _status(healer, pid: int) -> dict:
+    done = healer.cli("status", str(pid))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["agents"][str(pid)]
+
+
+def test_attach_heal_detach_server_keeps_serving(fig1_exes, start_server, start_healer):
+    server = start_server(fig1_exes[("-O2", True)])
+    healer = start_healer("attach", str(server.pid), "--coverage", "all",
+                          "--disable-plugin", "memlog").ready()
+    client = server.connect()
+    assert client.ask("BAR " + "A" * 100) == "RET -1 1"
+    done = healer.cli("detach", str(server.pid))
+    assert done.returncode == 0, done.stderr
+    assert healer.wait() == 0
+    assert healer.events("agent detached")
+    for n in range(2, 50):
+        assert client.ask("PING") == f"PONG {n}"
+    client.close()  # the server serves one client at a time
+    fresh = server.connect()
+    assert fresh.ask("BAR hi") == "RET 0 50"
+    assert server.alive()
+
+
+def test_ctrl_c_detaches_cleanly(fig1_exes, start_server, start_healer):
+    server = start_server(fig1_exes[("-O0", True)])
+    healer = start_healer("attach", str(server.pid)).ready()
+    healer.proc.send_signal(signal.SIGINT)
+    assert healer.wait() == 0
+    assert healer.events("agent detached")
+    assert server.connect().ask("PING") == "PONG 1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _connect(port: int, healer) -> socket.socket:
+    for _ in range(100):
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            assert healer.proc.poll() is None, "".join(healer.raw)
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_run_spawns_under_supervision(fig1_exes, start_healer):
+    port = _free_port()
+    healer = start_healer("run", "--coverage", "all", "--disable-plugin", "memlog", "--",
+                          str(fig1_exes[("-O2", False)]), str(port)).ready()
+    sock = _connect(port, healer)
+    f = sock.makefile("rwb")
+    for n in range(1, 21):
+        f.write(b"NUL missing\n")
+        f.flush()
+        assert f.readline() == f"VAL -1 {n}\n".encode()
+    heal = healer.wait_for(lambda e: e.get("event") == "heal")
+    assert heal["function"] == "lookup_len"
+    sock.close()
+    healer.proc.send_signal(signal.SIGINT)
+    assert healer.wait() == 0
+
+
+def test_reload_alert_and_inject(fig1_exes, start_server, start_healer):
+    server = start_server(fig1_exes[("-O2", True)])
+    healer = start_healer("attach", str(server.pid), "--coverage", "none",
+                          "--disable-plugin", "memlog").ready()
+    assert _status(healer, server.pid)["coverage"]["hooked"] == 0
+    # an IDS asks for bar() to be supervised: the next exploit is healed
+    done = healer.cli("alert", str(server.pid), "--function", "bar")
+    assert done.returncode == 0, done.stderr
+    client = server.connect()
+    assert client.ask("BAR " + "A" * 100) == "RET -1 1"
+    # fault injection: lookup_len's next call fails, with the value chosen like any heal
+    done = healer.cli("inject", str(server.pid), "--function", "lookup_len")
+    assert done.returncode == 0, done.stderr
+    assert client.ask("NUL alpha") == "VAL -1 2"
+    assert client.ask("NUL alpha") == "VAL 3 3"
+    inject = healer.wait_for(lambda e: e.get("event") == "inject")
+    assert inject["function"] == "lookup_len"
+    assert (inject["selected"], inject["value"]) == ("heuristic", "-1")
+    # reload with another coverage
+    done = healer.cli("reload", str(server.pid), "--coverage", "all")
+    assert done.returncode == 0, done.stderr
+    status = _status(healer, server.pid)
+    assert status["coverage"]["mode"] == "all"
+    assert status["coverage"]["hooked"] == status["coverage"]["discovered"]
+    assert client.ask("DIV 0") == "DIV -1 4"
+
+
+def test_list_coverage_hooks_only_the_listed_functions(fig1_exes, start_server, start_healer,
+                                                         tmp_path):
+    listing = tmp_path / "functions.txt"
+    listing.write_text("# Figure 1\nbar\n")
+    server = start_server(fig1_exes[("-O0", False)])
+    healer = start_healer("attach", str(server.pid), "--coverage", f"list:{listing}",
+                          "--disable-plugin", "memlog").ready()
+    cov = _status(healer, server.pid)["coverage"]
+    assert cov["mode"] == "list" and cov["hooked"] == 1
+    assert server.connect().ask("BAR " + "A" * 100) == "RET -1 1"
+
+
+def test_forking_server_child_forked_after_attach_is_healed(start_server, start_healer):
+    server = start_server(build("fork_server", opt="-O2", stack_protector=True), "2")
+    healer = start_healer("attach", str(server.pid), "--follow-children", "--coverage", "all",
+                          "--disable-plugin", "memlog").ready()
+    healer.wait_count("agent loaded", 3)  # the parent and the two workers that exist already
+    for _ in range(3):  # each connection is served by a child forked after the attach
+        client = server.connect()
+        assert client.ask("PING") == "PONG"
+        assert client.ask("BAR " + "A" * 100) == "RET -1"
+        assert client.ask("PING") == "PONG"
+        client.close()
+    heals = healer.wait_count("heal", 3)
+    assert all(e["function"] == "bar" for e in heals)
+    assert server.pid not in {e["pid"] for e in heals}  # healed in the children
+    assert server.alive()

@@ -75,6 +75,8 @@ async def test_planted_bugs_kill_an_unprotected_payfront(servers: sc.Servers, se
         closed: true
 """, "bug.yaml")
     outcome = await sc.run_scenario(scenario, sc.start_direct(servers, scenario))
+    # Its sockets close a moment before its exit status exists: wait for the status.
+    servers.get("payfront").proc.wait(timeout=10)
     notes = servers.notes()
     assert any(n.startswith(f"payfront exited (signal {signal})") for n in notes), notes
     assert outcome.after.balances == outcome.before.balances

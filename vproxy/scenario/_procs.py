@@ -128,6 +128,13 @@ class Servers:
         started.drainer.start()
         return started
 
+    def get(self, name: str) -> Started:
+        """The started process called ``name`` (KeyError if none)."""
+        for s in self.started:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
     def notes(self) -> list[str]:
         """How each process that is no longer running ended, with its stderr."""
         out = []

@@ -288,6 +288,7 @@
     }
     if (entry.rps.length === 0 && !entry.forbidEv) { attempts.delete(tx); return null; }
     const tried = entry.rps.map(r => r.name).join(', ');
+    if (entry.why) return refuse(tx, `the policy could not be loaded (${entry.why})`);
     return refuse(tx, entry.rps.length === 0 ? `${tx.fn.name} is forbid-ev`
       : `no repair of tp ${entry.name} held (tried ${tried})`);
   }
@@ -330,10 +331,28 @@
       if (reloading) stats.reloads++;
       log('info', 'policy-loaded', { source: next ? next.source : null, sha256: next ? next.sha256 : null });
     } catch (e) {
-      if (reloading) stats.reloadsRefused++;
-      log('error', 'policy-refused', { why: e.message, kept: active ? active.source : null });
-      throw new Error(`policy refused: ${e.message}; the previous policy stays in force`);
+      if (reloading) {
+        stats.reloadsRefused++;
+        log('error', 'policy-refused', { why: e.message, kept: active ? active.source : null });
+        throw new Error(`policy refused: ${e.message}; the previous policy stays in force`);
+      }
+      // At start there is no previous policy to keep: fail closed for what it names.
+      active = failClosed(config.policy, e.message);
+      log('error', 'policy-refused', { why: e.message, kept: null,
+        failClosed: Array.from(active.functions.keys()) });
     }
+  }
+
+  // A policy that cannot be prepared still says which functions must not get a guessed value:
+  // each of them (and, with a default tp, every function) is refused, as if forbid-ev.
+  function failClosed(compiled, why) {
+    const refuseAll = name => ({ name, forbidEv: true, ivps: [], rps: [], why });
+    const functions = new Map();
+    const names = compiled && typeof compiled.functions === 'object' && compiled.functions !== null
+      ? Object.keys(compiled.functions) : [];
+    for (const name of names) functions.set(name, refuseAll(name));
+    const fallback = compiled && compiled.default ? refuseAll('*') : null;
+    return { source: compiled && compiled.source, sha256: null, functions, fallback };
   }
 
   Sead.policy = {

@@ -181,3 +181,15 @@ def test_an_rp_reads_the_values_its_earlier_actions_set(harness, login_exe):
     h.api.init({"policy": compile_text(text, "p.pol", binary=login_exe)})
     assert h.api.heal(CHECK, "SIGSEGV")["value"] == "10"
     assert h.api.readS32("failed_logins") == 11
+
+
+def test_a_policy_that_cannot_be_loaded_at_start_fails_closed(harness):
+    h = harness()
+    broken = compile_text("rp R := (no_such_global = 1), ('rvalue = 1);\n"
+                          "tp check_credentials :=: &R;", "broken.pol")
+    h.api.init({"policy": broken})
+    result = h.api.heal(CHECK, "SIGSEGV")
+    assert result["outcome"] == "refused"
+    assert "could not be loaded" in result["why"] and "no_such_global" in result["why"]
+    assert h.api.heal({"fn": "lookup", "ret": RET}, "SIGSEGV")["outcome"] == "not-policy"
+    assert h.logs("policy-refused")[0]["failClosed"] == ["check_credentials"]

@@ -96,3 +96,16 @@ async def test_a_reply_line_nobody_expected_fails_the_conversation(servers: sc.S
     [conv] = outcome.conversations
     assert conv.failure is not None and "unexpected line after the last step" in conv.failure
     assert "DONE r1 balance 90" in conv.failure and not outcome.passed
+
+
+async def test_attacks_scenario_fails_unprotected_but_money_is_conserved(
+        servers: sc.Servers) -> None:
+    scenario = sc.load(HERE / "attacks.yaml")
+    outcome = await sc.run_scenario(scenario, sc.start_direct(servers, scenario))
+    servers.get("payfront").proc.wait(timeout=10)
+    outcome.notes += servers.notes()
+    report = sc.render(outcome)
+    assert not outcome.passed and "note            payfront exited (signal" in report
+    assert any(c.kind == "hostile" and not c.ok for c in outcome.conversations)
+    # Whatever the ledger committed before the crash moved whole; no prepare is left open.
+    assert outcome.money_conserved, report

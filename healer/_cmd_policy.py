@@ -20,6 +20,13 @@ when not.
   healer policy check policies/figure3.pol
   healer policy check policies/figure3.pol --binary ./login_server   # resolve names too
   healer policy check repair.pol --binary /usr/sbin/apache2 --print  # show the compiled form
+
+A policy (Figure 3 of the paper; more in policies/):
+
+  symval AUTHENTICATION_FAILURE = 0;
+  ivp MeasureStack :=: ('raddress=='shadowstack[0]);
+  rp FixAuth := ('rvalue==AUTHENTICATION_FAILURE), (rollback);
+  tp check_credentials &MeasureStack :=: &FixAuth;
 """
 
 

@@ -26,6 +26,7 @@ from targets import build
 from .conftest import LoginServer, read_global
 
 FIGURE3 = Path(__file__).resolve().parents[2] / "policies" / "figure3.pol"
+HARDENED = FIGURE3.with_name("login-hardened.pol")
 EXPLOITS = [b"A" * n for n in (32, 64, 100)]  # past the canary; 64 and 100 reach the caller frames
 IO_TIMEOUT = 10.0
 
@@ -111,8 +112,10 @@ def test_danger_without_a_policy_naive_error_virtualization_grants_the_login(pro
     assert heal["source"] == "heuristic"
 
 
-def test_figure3_denies_every_exploit_and_valid_logins_still_work(protected):
-    target = protected(load(FIGURE3, binary=build("login_server", opt="-O2")))
+@pytest.mark.parametrize(("policy", "rp"), [(FIGURE3, "FixAuth"), (HARDENED, "FixAuth")],
+                         ids=["figure3", "hardened"])
+def test_the_policy_denies_every_exploit_and_valid_logins_still_work(protected, policy, rp):
+    target = protected(load(policy, binary=build("login_server", opt="-O2")))
     assert target.login(b"alice", b"wonderland") == b"OK welcome alice\n"
     for exploit in EXPLOITS + EXPLOITS:
         assert target.login(exploit) == b"DENIED\n"
@@ -120,7 +123,7 @@ def test_figure3_denies_every_exploit_and_valid_logins_still_work(protected):
     # (login may be healed too while the memory log misses repeated heals: see the xfail below)
     heals = target.heals("check_credentials", at_least=2 * len(EXPLOITS))
     assert len(heals) == 2 * len(EXPLOITS)
-    assert all(h["source"] == "policy" and h["value"] == "0" and "FixAuth" in h["why"]
+    assert all(h["source"] == "policy" and h["value"] == "0" and f"rp {rp} " in h["why"]
                for h in heals)
     assert target.request(b"PING") == b"PONG\n"
 

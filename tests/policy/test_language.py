@@ -267,3 +267,10 @@ def test_fuzz_token_soup(tokens):
 @given(st.integers(0, len(EVERYTHING)), st.integers(0, 5), st.text(max_size=5))
 def test_fuzz_mutations_of_a_valid_policy(position, cut, insert):
     _compiles_or_diagnoses(EVERYTHING[:position] + insert + EVERYTHING[position + cut:])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "policies").glob("*.pol")), ids=lambda p: p.name)
+def test_example_policies_check_against_the_login_server(path, login_exe):
+    compiled = load(path, binary=login_exe)
+    assert "check_credentials" in compiled["functions"]
+    assert compiled["warnings"] == []

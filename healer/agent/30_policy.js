@@ -70,11 +70,17 @@
     return toBig(addr);
   }
 
+  function constant(v) {
+    const f = () => v;
+    f.constant = v; // lets a load from a fixed address build its NativePointer once
+    return f;
+  }
+
   // ["op", ...] -> (ctx) => BigInt. `syms` caches resolved addresses for this policy.
   function compileExpr(e, syms) {
     const op = e[0];
     switch (op) {
-      case 'k': { const v = BigInt(e[1]); return () => v; }
+      case 'k': return constant(BigInt(e[1]));
       case 'rv': return c => c.rvalue();
       case 'ra': return c => c.raddress();
       case 'ss': { const i = e[1]; return c => c.shadowStack(i); }
@@ -82,12 +88,13 @@
       case 'sym': {
         let a = syms.get(e[1]);
         if (a === undefined) { a = resolveSymbol(e[1]); syms.set(e[1], a); }
-        return () => a;
+        return constant(a);
       }
       case 'ld': {
         const read = READ[e[1]];
         if (read === undefined) throw new Error(`unknown type ${e[1]}`);
         const addr = compileExpr(e[2], syms);
+        if (addr.constant !== undefined) { const p = toPtr(addr.constant); return () => read(p); }
         return c => read(toPtr(addr(c)));
       }
       case 'cast': { const t = e[1]; const x = compileExpr(e[2], syms); return c => castTo(t, x(c)); }
@@ -122,8 +129,9 @@
     const addr = compileExpr(lv[2], syms);
     const size = BITS[type] / 8;
     const write = WRITE[type];
+    const fixed = addr.constant !== undefined ? toPtr(addr.constant) : null;
     return (c, out) => {
-      const p = toPtr(addr(c));
+      const p = fixed !== null ? fixed : toPtr(addr(c));
       const v = value(c);
       out.undo.push([p, p.readByteArray(size)]);
       write(p, v);

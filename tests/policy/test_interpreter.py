@@ -8,6 +8,15 @@ from pathlib import Path
 import pytest
 
 from healer.policy import compile_text, load
+from healer.policy._compile import _BINARY, _BITS, _wrap
+
+
+def _compile_ops() -> list[str]:
+    return list(_BINARY)
+
+
+def _fold(op: str, a: int, b: int) -> int:
+    return _wrap(_BINARY[op](a, b))
 
 REPO = Path(__file__).resolve().parents[2]
 RET = "0x401234"  # the return address saved at entry (the shadow stack's top)
@@ -193,3 +202,38 @@ def test_a_policy_that_cannot_be_loaded_at_start_fails_closed(harness):
     assert "could not be loaded" in result["why"] and "no_such_global" in result["why"]
     assert h.api.heal({"fn": "lookup", "ret": RET}, "SIGSEGV")["outcome"] == "not-policy"
     assert h.logs("policy-refused")[0]["failClosed"] == ["check_credentials"]
+
+
+_EDGES = [0, 1, -1, 2, 7, -7, 63, 64, 0x7FFFFFFF, -0x80000000, (1 << 63) - 1, -(1 << 63),
+          0x123456789ABCDEF, -0x0FEDCBA987654321]
+
+
+def _u64(v: int) -> str:
+    return hex(v & ((1 << 64) - 1))
+
+
+@pytest.mark.parametrize("op", sorted(_compile_ops()))
+def test_the_agent_computes_like_the_compiler(harness, op):
+    """Differential: 'arg0 OP 'arg1 evaluated in the agent equals the compiler's constant folding
+    (both claim C semantics on signed 64-bit values)."""
+    h = harness()
+    h.api.init({"policy": compile_text(f"rp R := ('rvalue = 'arg0 {op} 'arg1);\n"
+                                       "tp check_credentials :=: &R;", "diff.pol")})
+    for a in _EDGES:
+        for b in _EDGES:
+            if op in ("/", "%") and b == 0:
+                continue
+            got = h.api.heal({**CHECK, "args": [_u64(a), _u64(b)]}, "SIGSEGV")["value"]
+            assert int(got) == _fold(op, a, b), (a, op, b)
+
+
+@pytest.mark.parametrize("form", ["-{}", "~{}", "!{}", *(f"{t}({{}})" for t in sorted(_BITS))])
+def test_the_agent_computes_unary_forms_like_the_compiler(harness, form):
+    h = harness()
+    h.api.init({"policy": compile_text(f"rp R := ('rvalue = {form.format(chr(39) + 'arg0')});\n"
+                                       "tp check_credentials :=: &R;", "diff.pol")})
+    for a in _EDGES:
+        folded = compile_text(f"symval V = {form.format(f'({a})')};\nrp R := ('rvalue = V);\n"
+                              "tp f :=: &R;")["functions"]["f"]["rps"][0]["set"][0][1]
+        got = h.api.heal({**CHECK, "args": [_u64(a)]}, "SIGSEGV")["value"]
+        assert got == folded[1], (form, a)

@@ -133,9 +133,9 @@ def _record(args: argparse.Namespace, words: list[str]) -> int:
     if not 1 <= args.window <= 64:
         raise CliError(f"--window {args.window}: use a width from 1 to 64", status=2)
     base = _load(str(args.out)) if args.merge and args.out.exists() else None
-    if base is not None and base.window != args.window:
-        raise CliError(f"{args.out} was recorded with --window {base.window}; use the same width "
-                       "to merge", status=2)
+    if base is not None and (base.window, base.ret_bits) != (args.window, args.ret_width):
+        raise CliError(f"{args.out} was recorded with --window {base.window} --ret-width "
+                       f"{base.ret_bits}; use the same options to merge", status=2)
     session = ProfileSession(window=args.window, functions=args.functions, args=args.args,
                              ret_bits=args.ret_width,
                              on_trace=print if args.trace else None)

@@ -24,6 +24,7 @@
   const rr = new Map(); // function -> round-robin state
   const seenAnomalies = new Set();
   const post = new Map(); // threadId -> {fn, value, expect, left, off: []}
+  const returned = new Map(); // threadId -> {name, args, depth} of the call that just returned
   const perFunction = {}; // function -> calls seen
   const stats = { calls: 0, heals: 0, taintDepth: 0, taintedReturns: 0, offProfileReturns: 0,
     anomalies: 0, postOk: 0, postOff: 0 };
@@ -77,6 +78,7 @@
     }
     if (!tracking) return;
     const stack = stackOf(tid);
+    returned.delete(tid);
     const top = stack[stack.length - 1];
     top.children.push(fn.name);
     if (top.children.length > width + 1) top.children.shift();
@@ -100,6 +102,9 @@
     const stack = stackOf(tid);
     for (let i = stack.length - 1; i > 0; i--) {
       if (stack[i].name === fn.name) {
+        // the core may choose a value for this call after it returned (an injected fault is
+        // decided at the epilogue): keep what its window needs until the thread's next call
+        returned.set(tid, { name: fn.name, args: stack[i].args, depth: i });
         stack.length = i;
         break;
       }
@@ -205,13 +210,18 @@
     },
   };
 
-  // {args, window()} of the innermost open call of `name` on thread `tid`, or null
+  // {args, window()} of the innermost open call of `name` on thread `tid` (or of the call that
+  // has just returned, when nothing ran on the thread since), or null
   function frameOf(tid, name) {
     const stack = stackOf(tid);
     for (let i = stack.length - 1; i > 0; i--) {
       if (stack[i].name === name) {
         return { args: stack[i].args, window: () => windowAt(stack, i, width) };
       }
+    }
+    const r = returned.get(tid);
+    if (r !== undefined && r.name === name && r.depth === stack.length) {
+      return { args: r.args, window: () => windowAt(stack, r.depth, width) };
     }
     return null;
   }

@@ -78,10 +78,11 @@ class ProfileBuilder:
 
     Args:
         width: window width of the profile's contexts.
+        ret_bits: the width return values were sign-extended from (kept in the profile).
     """
 
-    def __init__(self, width: int) -> None:
-        self.profile = Profile(window=width)
+    def __init__(self, width: int, ret_bits: int = 64) -> None:
+        self.profile = Profile(window=width, ret_bits=ret_bits)
         self._threads: dict[int, ContextTracker] = {}
         self._after: dict[int, tuple[str, int]] = {}
 

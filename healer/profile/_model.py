@@ -10,6 +10,9 @@ grows with the number of distinct windows and values, not with the length of the
   (argument-closest scheduling);
 - ``successors``: return value -> the function called next -> count (post-evaluation of a heal).
 
+``ret_bits`` says how return values were read (32: sign-extended from 32 bits, C ``int``
+functions); the agent reads them the same way when the profile is loaded.
+
 File format: JSON, ``{"format": "sead-profile", "version": 1, "window": N, "functions": {...}}``;
 a name ending in ``.gz`` is gzip-compressed.
 """
@@ -100,6 +103,7 @@ class Profile:
     window: int
     functions: dict[str, FunctionProfile] = field(default_factory=dict)
     runs: int = 1
+    ret_bits: int = 64  # return values were sign-extended from this width (32: C int functions)
 
     def function(self, name: str) -> FunctionProfile:
         """The entry for ``name``, created empty if it has none yet."""
@@ -110,6 +114,7 @@ class Profile:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "window": self.window, "runs": self.runs,
+                "ret_bits": self.ret_bits,
                 "functions": {n: fp.to_json() for n, fp in sorted(self.functions.items())}}
 
     @classmethod
@@ -122,6 +127,7 @@ class Profile:
                                f"reads version {VERSION}; record it again with this healer")
         try:
             return cls(window=int(d["window"]), runs=int(d.get("runs", 1)),
+                       ret_bits=int(d.get("ret_bits", 64)),
                        functions={n: FunctionProfile.from_json(n, f)
                                   for n, f in d["functions"].items()})
         except (KeyError, TypeError, ValueError) as exc:
@@ -138,6 +144,9 @@ def merge(a: Profile, b: Profile) -> Profile:
     if a.window != b.window:
         raise ProfileError(f"cannot merge profiles with window widths {a.window} and {b.window}; "
                            "record both with the same --window")
+    if a.ret_bits != b.ret_bits:
+        raise ProfileError(f"cannot merge profiles recorded with --ret-width {a.ret_bits} and "
+                           f"{b.ret_bits}; record both with the same width")
     out = Profile.from_json(a.to_json())
     for name, fp in b.functions.items():
         out.function(name).merge(fp)

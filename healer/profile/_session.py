@@ -46,7 +46,7 @@ class ProfileSession:
                  record: bool = True, args: int = 3, ret_bits: int = 64,
                  tables: dict[str, Any] | None = None, injectable: Sequence[str] = (),
                  on_trace: Callable[[str], None] | None = None) -> None:
-        self.builder = ProfileBuilder(window)
+        self.builder = ProfileBuilder(window, ret_bits)
         self.injects: list[dict[str, Any]] = []
         self.anomalies: list[dict[str, Any]] = []
         self.posts: list[dict[str, Any]] = []

@@ -55,6 +55,7 @@ def agent_tables(profile: Profile, *, strategy: str = "context",
             "windows": sorted({"|".join(w[:anomaly_width]) for w in fp.contexts})
             if anomaly_width else [],
         }
-    return {"window": profile.window, "strategy": strategy, "strategies": strategies,
+    return {"window": profile.window, "retBits": profile.ret_bits,
+            "strategy": strategy, "strategies": strategies,
             "anomaly": {"width": anomaly_width, "action": anomaly_action},
             "functions": functions}

@@ -1,0 +1,77 @@
+"""The profile plugin inside the full healer agent: `healer attach --profile`, `healer inject`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from healer.profile import save
+
+Events = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def attached(kv, trained, tmp_path) -> Iterator[tuple[Events, dict[str, str]]]:
+    """`healer attach KV --coverage all --profile FILE`, stopped in teardown."""
+    save(trained, tmp_path / "kv.prof")
+    env = dict(os.environ, SEAD_RUN_DIR=str(tmp_path))
+    log = tmp_path / "healer.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "healer", "--log-json", "attach",
+                                 str(kv.pid), "--coverage", "all", "--profile",
+                                 str(tmp_path / "kv.prof")], env=env, stderr=err,
+                                stdout=subprocess.DEVNULL)
+
+    def events() -> list[dict[str, Any]]:
+        out = []
+        for line in log.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # a line still being written
+                out.append(json.loads(line))
+        return out
+
+    try:
+        for _ in range(150):
+            if any(e.get("event") == "healer ready" for e in events()) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert any(e.get("event") == "healer ready" for e in events()), log.read_text()
+        yield events, env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_inject_in_the_full_agent_heals_with_the_profile_value(kv, trained, attached):
+    events, env = attached
+    assert kv.exchange(["RESET", "SET alpha 1"]) == ["RESET", "STORED"]
+    r = subprocess.run([sys.executable, "-m", "healer", "inject", str(kv.pid), "--function",
+                        "find_slot"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    replies = kv.exchange(["GET alpha", "COUNT"])
+    assert replies is not None and len(replies) == 2  # the server answered both and lives
+    injected: list[dict[str, Any]] = []
+    for _ in range(50):
+        injected = [e for e in events() if e.get("event") == "inject"]
+        if injected:
+            break
+        time.sleep(0.1)
+    assert len(injected) == 1, events()
+    ev = injected[0]
+    assert ev["function"] == "find_slot" and ev["selected"] == "profile"
+    assert ev["why"].startswith("context: P(")  # the window was found in the profile
+    assert int(ev["value"]) in trained.functions["find_slot"].values
+    assert kv.proc.poll() is None
+    assert Path(env["SEAD_RUN_DIR"]).is_dir()

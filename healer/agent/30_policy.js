@@ -371,17 +371,26 @@
     stats: () => Object.assign({}, stats),
   };
 
-  Sead.use({
+  // onTxLeave is offered only while the policy has IVPs: the core runs JS at every supervised
+  // return when any plugin has that hook (it checks after init and after each reload).
+  const plugin = {
     name: 'policy',
-    init(config) { install(config, false); },
-    onTxLeave,
+    init(config) { install(config, false); offerLeaveHook(); },
     chooseReturnValue,
     afterRepair,
-    onReload(config) { install(config, true); },
+    onReload(config) { install(config, true); offerLeaveHook(); },
     status() {
       return { policy: { source: active ? active.source : null, sha256: active ? active.sha256 : null,
         functions: active ? Array.from(active.functions.keys()) : [], default: !!(active && active.fallback),
         stats: Object.assign({}, stats) } };
     },
-  });
+  };
+
+  function offerLeaveHook() {
+    const entries = active === null ? [] : [...active.functions.values(), active.fallback];
+    if (entries.some(e => e !== null && e.ivps.length > 0)) plugin.onTxLeave = onTxLeave;
+    else delete plugin.onTxLeave;
+  }
+
+  Sead.use(plugin);
 })();

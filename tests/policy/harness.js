@@ -26,7 +26,11 @@ rpc.exports = {
     try { plugin.onReload(config); return null; } catch (e) { return e.message; }
   },
   status() { return plugin.status(); },
-  leave(spec, retval) { return plugin.onTxLeave(fakeTx(spec), ptr(retval)); },
+  // as the core does: no onTxLeave hook (a policy without IVPs) means commit
+  leave(spec, retval) {
+    return plugin.onTxLeave ? plugin.onTxLeave(fakeTx(spec), ptr(retval)) : null;
+  },
+  hasLeaveHook() { return typeof plugin.onTxLeave === 'function'; },
   // the core's side of a repair: ask for a value, validate it, try the next option, or refuse
   heal(spec, kind) {
     const tx = fakeTx(spec);
@@ -55,7 +59,7 @@ rpc.exports = {
     const fault = { kind, address: NULL, detail: '' };
     const start = Date.now();
     for (let i = 0; i < n; i++) {
-      plugin.onTxLeave(tx, ptr(0));
+      if (plugin.onTxLeave) plugin.onTxLeave(tx, ptr(0));
       const choice = plugin.chooseReturnValue(tx, fault);
       if (choice !== null && !choice.refuse) plugin.afterRepair(tx, fault, choice);
     }

@@ -237,3 +237,14 @@ def test_the_agent_computes_unary_forms_like_the_compiler(harness, form):
                               "tp f :=: &R;")["functions"]["f"]["rps"][0]["set"][0][1]
         got = h.api.heal({**CHECK, "args": [_u64(a)]}, "SIGSEGV")["value"]
         assert got == folded[1], (form, a)
+
+
+def test_the_exit_hook_is_offered_only_while_the_policy_has_ivps(harness, login_exe):
+    h = harness()
+    h.api.init({"policy": compile_text("rp R := ('rvalue = 0);\ntp check_credentials :=: &R;")})
+    assert h.api.has_leave_hook() is False  # the core can keep supervised returns in C
+    assert h.api.heal(CHECK, "SIGSEGV")["value"] == "0"
+    assert h.api.reload({"policy": load(REPO / "policies" / "figure3.pol")}) is None
+    assert h.api.has_leave_hook() is True
+    assert h.api.reload({"policy": None}) is None
+    assert h.api.has_leave_hook() is False

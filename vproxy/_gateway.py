@@ -73,7 +73,7 @@ class Gateway:
         if was != self.guarded:
             log.info("guard " + ("on" if self.guarded else "off"), controllers=len(self._guards))
         if self.guarded:
-            self.fast.evict_all("guard")
+            self.fast.guard_all()
         if was and not self.guarded:
             for link in list(self._links.values()):
                 link.unguarded()

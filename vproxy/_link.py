@@ -107,24 +107,23 @@ class Link:
         self.gateway.register(self)
         self.log.debug("relaying", upstream=str(route.upstream))
         try:
-            handover = Handover()
-            if not self.gateway.guarded and self.hold is None:  # (events may precede us)
-                self._handover = handover
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer, peer)  # idle until output is held
+                handover = self._handover = Handover()
                 await self.gateway.fast.relay(self, server, peer, handover)
                 self._handover = None
                 if handover.reason in ("done", "error"):
                     if handover.error is not None:
                         self._reset(handover.error)
-                    return
+                        nursery.cancel_scope.cancel()
+                    return  # (the writer ends once the held output is resolved)
                 self.log.info("left the fast path", reason=handover.reason)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 if not handover.ended[INPUT]:  # input is never held: unsent first, then on
                     nursery.start_soon(self._input, peer, server,
                                        handover.unsent[INPUT] + handover.pending[INPUT])
                 nursery.start_soon(self._output, server, peer, handover.unsent[OUTPUT],
                                    handover.pending[OUTPUT], handover.ended[OUTPUT])
-                nursery.start_soon(self._writer, peer)
         except* OSError as group:
             self._reset(group.exceptions[0])
         finally:
@@ -190,7 +189,31 @@ class Link:
             self.out_offset += len(chunk)
         else:
             self._delivered(chunk)
+            if self.hold is not None or self.gateway.guarded:
+                self.holding()  # as in ``_input``: frame requests from here on
+                if self.replacer.wants_requests:
+                    self.replacer.client_data(chunk)
         self.gateway.stats.bytes_passed += len(chunk)
+
+    def held_output(self, chunk: memoryview) -> bool:
+        """The fast path read ``chunk`` of server output that must be held: hold it and send what
+        is releasable already. Returns True when the hold is over ``hold_bytes``: the fast path
+        stops reading it (the writer applies the bound, the task path waits for the drain)."""
+        hold = self.holding()
+        n = len(chunk)
+        hold.feed(chunk, time.monotonic())
+        self.out_offset += n
+        stats = self.gateway.stats
+        stats.bytes_held += n
+        self.kick()  # commits often precede the bytes; wakes the writer for what stays held
+        stats.trim()
+        return len(hold.buf) > self.gateway.config.hold_bytes
+
+    def output_ended(self) -> None:
+        """The server closed its output (fast path): the writer passes the EOF on once nothing
+        is held any more."""
+        self._server_eof = True
+        self._wake.set()
 
     def _delivered(self, chunk: bytes | memoryview) -> None:
         if self.keep is None and self.gateway.guarded:
@@ -229,6 +252,9 @@ class Link:
             self.out_offset += len(unsent)
             stats.bytes_passed += len(unsent)
         while not ended:
+            while self.hold is not None and len(self.hold.buf) > limit:
+                self._drained = trio.Event()
+                await self._drained.wait()
             if first:  # read by the fast path, not sent
                 n, chunk, first = len(first), memoryview(first), b""
             else:
@@ -258,17 +284,14 @@ class Link:
             await self._flush(peer, hold, now)  # commits often precede the bytes: no wake-up
             if hold.buf:
                 self._wake.set()  # still held: the writer re-arms its hold-ms deadline
-            while len(hold.buf) > limit and self.hold is hold:
-                self._drained = trio.Event()
-                await self._drained.wait()
         self._server_eof = True
         self._wake.set()
 
     def holding(self) -> OutHold:
         """The link's hold, created at the current output offset the first time it is needed."""
         if self.hold is None:
-            if self._handover is not None:  # events for an unguarded link: leave the fast path
-                self.gateway.fast.evict(self._handover, "hold")
+            if self._handover is not None:  # unsent unheld output must go first: task path
+                self.gateway.fast.hold_starts(self._handover)
             self.hold = OutHold(self.out_offset)
             self.replacer.restart()
             if not self.gateway.guarded:
@@ -337,10 +360,11 @@ class Link:
                              bytes=sum(e - s for s, e in inputs))
             return
         self.replays_left -= 1
+        if self._handover is not None:  # the replay and the input share the lock of the
+            self.gateway.fast.evict(self._handover, "replay")  # task path
         data = b"".join(p for p in pieces if p is not None)
         self.log.info("replaying aborted input", reason=reason, bytes=len(data),
                       budget_left=self.replays_left)
-        # kept input exists only from GUARD on, and guarded links run in the task path
         assert self._nursery is not None
         self._nursery.start_soon(self._replay, data)
 

@@ -224,11 +224,14 @@ def main(argv: list[str]) -> int:
     print("\nSEV paper's level 3 after an injected failure (alive; the healed request answered;")
     print("every later reply as without injection):")
     results = {}
+    every: list[Trial] = []
     for strategy in STRATEGIES:
         tables = agent_tables(profile, strategy=strategy)
         trials = run_trials(functools.partial(_HealTarget, tables), EVAL_REQUESTS,
                             KV_FUNCTIONS, [None], max_nth=args.max_nth)
         results[f"SEV {strategy}"] = _rates(trials, modes_label(None))
+        if strategy == "context":
+            every += trials
     tables = agent_tables(profile)
     fixed_trials = run_trials(lambda: _HealTarget(tables), EVAL_REQUESTS, KV_FUNCTIONS, [0, -1],
                               max_nth=args.max_nth)
@@ -239,6 +242,14 @@ def main(argv: list[str]) -> int:
     sev = results["SEV context"][0]
     best_fixed = max(results["vanilla EV, fixed 0"][0], results["vanilla EV, fixed -1"][0])
     print(f"  ratio SEV(context) / best fixed value: {sev / best_fixed if best_fixed else 0:.2f}")
+    every += fixed_trials
+    print("  per function (level 3: SEV context / fixed 0 / fixed -1):")
+    for fn in KV_FUNCTIONS:
+        cells = []
+        for mode in ("sev", "fixed 0", "fixed -1"):
+            chosen = [t for t in every if t.function == fn and t.mode == mode]
+            cells.append(f"{sum(t.level3 for t in chosen)}/{len(chosen)}")
+        print(f"    {fn:14} {' / '.join(cells)}")
 
     print("\nthroughput, pipelined requests (same server process, same run):")
     rates = overhead(agent_tables(profile, anomaly_width=3))

@@ -20,6 +20,7 @@ from healer.policy._symbols import Symbol
 
 FORMAT = "sead-policy/1"
 ARG_COUNT = 6  # x86-64 SysV integer argument registers
+MAX_DEPTH = 200  # expression nesting: the compiler and the agent's closures recurse
 _WIDTH_TYPES = {1: "i8", 2: "i16", 4: "i32", 8: "i64"}
 _BITS = {"i8": 8, "u8": 8, "i16": 16, "u16": 16, "i32": 32, "u32": 32, "i64": 64, "u64": 64,
          "ptr": 64}
@@ -91,6 +92,7 @@ class _Compiler:
     used: set[str] = field(default_factory=set)
     needed_symbols: set[str] = field(default_factory=set)
     binary_name: str = ""
+    depth: int = 0
 
     # -- diagnostics -------------------------------------------------------------------------
 
@@ -279,6 +281,17 @@ class _Compiler:
         return ["st", loaded[1], loaded[2]]
 
     def expr(self, node: Tree | Token, constant_only: bool = False) -> Expr:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                self.error(node, f"expression nested more than {MAX_DEPTH} levels deep; split it "
+                                 "with symvals or cdis")
+                raise _Invalid
+            return self._expr(node, constant_only)
+        finally:
+            self.depth -= 1
+
+    def _expr(self, node: Tree | Token, constant_only: bool) -> Expr:
         if isinstance(node, Token):  # a bare token cannot be an expression in this grammar
             self.error(node, f"unexpected {node!s}")
             raise _Invalid

@@ -274,3 +274,9 @@ def test_example_policies_check_against_the_login_server(path, login_exe):
     compiled = load(path, binary=login_exe)
     assert "check_credentials" in compiled["functions"]
     assert compiled["warnings"] == []
+
+
+@pytest.mark.parametrize("expr", ["-" * 5000 + "1", " + ".join(["x"] * 3000)], ids=["unary", "sum"])
+def test_deep_expressions_are_a_diagnostic_not_a_recursion_error(expr):
+    with pytest.raises(PolicyError, match="nested more than 200 levels deep"):
+        compile_text(f"ivp M :=: ({expr});")

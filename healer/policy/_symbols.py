@@ -23,17 +23,26 @@ class Symbol:
 
 
 def read_symbols(binary: Path) -> dict[str, Symbol]:
-    """The defined symbols of ``binary`` by name.
+    """The defined symbols of ``binary`` by name: the symbol table, or for a stripped binary its
+    dynamic symbols (what ``-rdynamic`` exports, which the agent can resolve too).
 
     Error handling:
-        A missing or unreadable file, a non-ELF file, a stripped binary or a missing ``nm`` raise
-        BinaryError naming the path and the fix.
+        A missing or unreadable file, a non-ELF file, a binary without any symbols or a missing
+        ``nm`` raise BinaryError naming the path and the fix.
     """
     if not binary.is_file():
         raise BinaryError(f"{binary}: no such file; give the path of the protected executable")
+    symbols = _nm(binary, dynamic=False) or _nm(binary, dynamic=True)
+    if not symbols:
+        raise BinaryError(f"{binary}: no symbols (stripped?); use an unstripped build or name CDIs "
+                          "by address with 'cdi NAME : TYPE @ 0xADDRESS;'")
+    return symbols
+
+
+def _nm(binary: Path, dynamic: bool) -> dict[str, Symbol]:
     try:
-        proc = subprocess.run(["nm", "--defined-only", "-S", str(binary)],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["nm", "--defined-only", "-S", *(["-D"] if dynamic else []),
+                               str(binary)], capture_output=True, text=True, timeout=30)
     except FileNotFoundError:
         raise BinaryError("nm (binutils) is not installed; apt-get install binutils") from None
     except subprocess.TimeoutExpired:
@@ -50,9 +59,7 @@ def read_symbols(binary: Path) -> dict[str, Symbol]:
         else:
             continue
         if kind in _FUNCTION_KINDS or kind in _DATA_KINDS:
+            name = name.split("@", 1)[0]  # dynamic symbols carry versions: stdout@GLIBC_2.2.5
             symbols.setdefault(name, Symbol(name, int(address, 16), int(size, 16),
                                             kind in _FUNCTION_KINDS))
-    if not symbols:
-        raise BinaryError(f"{binary}: no symbols (stripped?); use an unstripped build or name CDIs "
-                          "by address with 'cdi NAME : TYPE @ 0xADDRESS;'")
     return symbols

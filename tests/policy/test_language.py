@@ -3,6 +3,8 @@ resolution against a real binary's symbols, and a parser that never crashes (hyp
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -280,3 +282,17 @@ def test_example_policies_check_against_the_login_server(path, login_exe):
 def test_deep_expressions_are_a_diagnostic_not_a_recursion_error(expr):
     with pytest.raises(PolicyError, match="nested more than 200 levels deep"):
         compile_text(f"ivp M :=: ({expr});")
+
+
+def test_a_stripped_binary_is_checked_against_its_dynamic_symbols(tmp_path, login_exe):
+    stripped = tmp_path / "login_server"
+    shutil.copy(login_exe, stripped)
+    subprocess.run(["strip", str(stripped)], check=True, timeout=30)
+    assert "check_credentials" in load(FIGURE3, binary=stripped)["functions"]
+    with pytest.raises(PolicyError, match="did you mean 'failed_logins'"):
+        compile_text("ivp M :=: (failed_login == 0);", binary=stripped)
+    no_dynamic = tmp_path / "plain"
+    subprocess.run(["gcc", "-x", "c", "-", "-o", str(no_dynamic), "-s"], input="int main(){}",
+                   text=True, check=True, timeout=60)
+    with pytest.raises(BinaryError, match="no symbols"):
+        load(FIGURE3, binary=no_dynamic)

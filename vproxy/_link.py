@@ -304,6 +304,8 @@ class Link:
         hold, peer = self.hold, self._peer
         if self._closing:
             return
+        if hold is not None and not hold.buf and not hold.marks and not self._backlog:
+            return  # nothing arrived to release (events usually precede their bytes)
         if hold is None or peer is None or self._backlog or self._to_peer_lock.locked():
             self._wake.set()
             return

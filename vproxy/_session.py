@@ -28,6 +28,7 @@ _MAX_ERRORS: Final = 100
 log = structlog.get_logger("vproxy.control")
 
 OPEN: Final = "open"
+_STATE: Final = {OPEN: HELD, "committed": RELEASED, "aborted": DISCARDED}  # tx state -> range
 
 
 class _Tx:
@@ -215,28 +216,30 @@ class ControlSession:
                                                  "gateway connection; its events are dropped")
             binding.waiting.append((tx, msg))
             return b""
-        match msg:
-            case c.Io(_, _, "out", start, end) if tx is not None:
-                owner = tx.effective()
-                state = {OPEN: HELD, "committed": RELEASED, "aborted": DISCARDED}[owner.state]
-                rng = OutRange(start, end, state)
+        kind = type(msg)
+        if kind is c.Io and tx is not None:
+            assert isinstance(msg, c.Io)
+            owner = tx.effective()
+            if msg.direction == "out":
+                rng = OutRange(msg.start, msg.end, _STATE[owner.state])
                 owner.out.append((link, rng))
                 link.holding().add_range(rng)
                 link.kick()
-            case c.Io(_, _, "in", start, end) if tx is not None:
-                tx.effective().ins.append((link, start, end))
-            case c.Gradual() if tx is not None:
-                t: _Tx | None = tx
-                while t is not None:
-                    for lk, rng in t.out:
-                        if lk is link and rng.state == HELD:
-                            rng.state = RELEASED
-                    t = t.parent
-                link.kick()
-            case c.Release(_, upto):
-                hold = link.holding()
-                hold.release_wm = max(hold.release_wm, upto)
-                link.kick()
+            else:
+                owner.ins.append((link, msg.start, msg.end))
+        elif kind is c.Gradual and tx is not None:
+            t: _Tx | None = tx
+            while t is not None:
+                for lk, rng in t.out:
+                    if lk is link and rng.state == HELD:
+                        rng.state = RELEASED
+                t = t.parent
+            link.kick()
+        elif kind is c.Release:
+            assert isinstance(msg, c.Release)
+            hold = link.holding()
+            hold.release_wm = max(hold.release_wm, msg.upto)
+            link.kick()
         return b""
 
     def _commit(self, msg: c.Message) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from healer.profile._tables import STRATEGIES
 from sead.cli import CliError
 
 if TYPE_CHECKING:
@@ -33,14 +35,19 @@ running when it was attached by pid).
   healer profile --out kv.prof --merge 4242          # add this run to an existing profile
   healer profile score kv.prof                       # predictability score per window size
   healer profile diff old.prof new.prof --threshold 0.2   # exit 1 when they differ beyond it
+  healer profile set kv.prof --function-strategy find_slot=round-robin --anomaly-width 3
+  healer attach 4242 --profile kv.prof                # SEV values, anomaly alerts from the profile
 
+`set` stores how the agent uses the profile (SEV strategy: first, round-robin,
+delayed-round-robin, argument-closest, context (default); anomaly detection) in the file itself.
 --trace prints the SEV paper's trace format: `.> f(0x1, 0x2, 0x3, ...)` on entry and
 `.> f(...) = ret` on return. A file name ending in .gz is compressed.
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", nargs="*", metavar="PID | -- CMD | diff OLD NEW | score FILE",
+    p.add_argument("target", nargs="*",
+                   metavar="PID | -- CMD | diff OLD NEW | score FILE | set FILE",
                    help="a pid to attach to, a command after '--' to start, or a sub-action")
     p.add_argument("--out", type=Path, help="profile file to write (record mode)")
     p.add_argument("--functions", nargs="+", metavar="F",
@@ -59,6 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diff: compare contexts on their first N functions (default: 3)")
     p.add_argument("--sizes", default="1,2,3,5,10,15",
                    help="score: window sizes to print (default: 1,2,3,5,10,15)")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="set: default SEV scheduling strategy (initially context)")
+    p.add_argument("--function-strategy", nargs="+", metavar="F=S",
+                   help="set: strategy for one function, e.g. find_slot=round-robin")
+    p.add_argument("--anomaly-width", type=int, metavar="N",
+                   help="set: alert on call windows of N functions never seen in training (0: off)")
+    p.add_argument("--on-anomaly", choices=["log", "supervise"],
+                   help="set: on an anomaly also supervise that path (default: log only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         return _diff(args, words[1:])
     if words[:1] == ["score"]:
         return _score(args, words[1:])
+    if words[:1] == ["set"]:
+        return _set(args, words[1:])
     return _record(args, words)
 
 
@@ -120,6 +137,44 @@ def _score(args: argparse.Namespace, files: list[str]) -> int:
         scores = predictability_by_size(fp, max(sizes))
         print(f"{name:24} {fp.calls:7} {len(fp.values):6} "
               + " ".join(f"{scores[s - 1]:.2f} " for s in sizes))
+    return 0
+
+
+def _set(args: argparse.Namespace, files: list[str]) -> int:
+    from healer.profile import ProfileError, check_settings, save
+
+    if len(files) != 1:
+        raise CliError("usage: healer profile set FILE [--strategy S] [--function-strategy F=S] "
+                       "[--anomaly-width N] [--on-anomaly log|supervise]", status=2)
+    prof = _load(files[0])
+    st = dict(prof.settings)
+    if args.strategy is not None:
+        st["strategy"] = args.strategy
+    per = dict(st.get("strategies", {}))
+    for item in args.function_strategy or []:
+        fn, sep, strategy = item.partition("=")
+        if not sep or not fn:
+            raise CliError(f"--function-strategy {item!r}: write FUNCTION=STRATEGY", status=2)
+        per[fn] = strategy
+    st["strategies"] = per
+    if args.anomaly_width is not None:
+        st["anomaly_width"] = args.anomaly_width
+    if args.on_anomaly is not None:
+        st["anomaly_action"] = args.on_anomaly
+    try:
+        check_settings(st.get("strategy", "context"), per, st.get("anomaly_action", "log"))
+    except ValueError as exc:
+        raise CliError(str(exc), status=2) from None
+    unknown = sorted(set(per) - set(prof.functions))
+    if unknown:
+        raise CliError(f"{', '.join(unknown)}: not in {files[0]}; name functions the profile "
+                       "recorded (healer profile score FILE lists them)", status=2)
+    prof.settings = st
+    try:
+        save(prof, files[0])
+    except ProfileError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{files[0]}: {json.dumps(st, sort_keys=True)}")
     return 0
 
 

@@ -76,7 +76,9 @@
       batch.push(['c', tid, fn.name, a]);
       if (batch.length >= BATCH) flush();
     }
-    if (!tracking) return;
+    // windows are built over the functions the profile recorded, as in training (coverage may
+    // hook more)
+    if (!tracking || table(fn.name) === null) return;
     const stack = stackOf(tid);
     returned.delete(tid);
     const top = stack[stack.length - 1];
@@ -98,7 +100,7 @@
       batch.push(['r', tid, fn.name, retval.toString()]);
       if (batch.length >= BATCH) flush();
     }
-    if (!tracking) return;
+    if (!tracking || table(fn.name) === null) return;
     const stack = stackOf(tid);
     for (let i = stack.length - 1; i > 0; i--) {
       if (stack[i].name === fn.name) {
@@ -132,7 +134,8 @@
     const an = cfg.anomaly;
     const t = table(name);
     const key = win.join('|');
-    if (t !== null && t.windowSet.has(key)) return;
+    // a function the profile did not record (coverage hooks more) is not judged by it
+    if (t === null || t.windowSet.has(key)) return;
     const id = name + '<' + key;
     if (seenAnomalies.has(id)) return;
     seenAnomalies.add(id);
@@ -148,7 +151,7 @@
       }
     }
     Sead.emit('anomaly', { function: name, window: win,
-      reason: t === null ? 'function never seen in training' : 'window never seen in training',
+      reason: 'window never seen in training',
       action: action });
   }
 
@@ -254,6 +257,10 @@
     if (ok) stats.postOk++; else stats.postOff++;
     Sead.emit('profile:post', { function: p.fn, value: p.value, ok: ok, offProfile: p.off,
       taintDepth: stats.taintDepth });
+    if (!ok) {
+      Sead.emit('log', { level: 'warning', event: 'heal left the process off-profile',
+        function: p.fn, value: p.value, evidence: p.off, taintDepth: stats.taintDepth });
+    }
   }
 
   Sead.profile = {

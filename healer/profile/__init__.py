@@ -7,7 +7,8 @@ Public front:
 - ``ContextTracker``/``ProfileBuilder``: execution-window contexts (Figure 4) from a call trace;
 - ``predictability``/``predictability_by_size``: the return-value predictability score (Figure 5);
 - ``Predictor``/``accuracy``: return-value prediction from the context window;
-- ``agent_tables``/``STRATEGIES``: the trained profile as the agent's SEV tables;
+- ``agent_tables``/``STRATEGIES``/``check_settings``: the trained profile as the agent's SEV
+  tables;
 - ``diff``/``FunctionChange``: regression testing between two profiles;
 - ``ProfileSession``/``SessionError``: the profile plugin running in a process (Frida);
 - ``call_line``/``return_line``: the SEV paper's trace format.
@@ -19,12 +20,12 @@ from healer.profile._model import FunctionProfile, Profile, ProfileError, load, 
 from healer.profile._predict import Predictor, accuracy
 from healer.profile._score import predictability, predictability_by_size
 from healer.profile._session import ProfileSession, SessionError
-from healer.profile._tables import STRATEGIES, agent_tables
+from healer.profile._tables import STRATEGIES, agent_tables, check_settings
 from healer.profile._trace import call_line, return_line
 
 __all__ = [
     "STRATEGIES", "ContextTracker", "FunctionChange", "FunctionProfile", "Predictor", "Profile",
     "ProfileBuilder", "ProfileError", "ProfileSession", "SessionError", "accuracy", "agent_tables",
-    "call_line", "diff", "load", "merge", "predictability", "predictability_by_size", "return_line",
-    "save",
+    "call_line", "check_settings", "diff", "load", "merge", "predictability",
+    "predictability_by_size", "return_line", "save",
 ]

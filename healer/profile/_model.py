@@ -104,6 +104,9 @@ class Profile:
     functions: dict[str, FunctionProfile] = field(default_factory=dict)
     runs: int = 1
     ret_bits: int = 64  # return values were sign-extended from this width (32: C int functions)
+    # how the agent uses it (``healer profile set``): strategy, strategies, anomaly_width,
+    # anomaly_action; agent_tables() reads them when its caller gives none
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def function(self, name: str) -> FunctionProfile:
         """The entry for ``name``, created empty if it has none yet."""
@@ -114,7 +117,7 @@ class Profile:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "window": self.window, "runs": self.runs,
-                "ret_bits": self.ret_bits,
+                "ret_bits": self.ret_bits, "settings": self.settings,
                 "functions": {n: fp.to_json() for n, fp in sorted(self.functions.items())}}
 
     @classmethod
@@ -127,7 +130,7 @@ class Profile:
                                f"reads version {VERSION}; record it again with this healer")
         try:
             return cls(window=int(d["window"]), runs=int(d.get("runs", 1)),
-                       ret_bits=int(d.get("ret_bits", 64)),
+                       ret_bits=int(d.get("ret_bits", 64)), settings=dict(d.get("settings", {})),
                        functions={n: FunctionProfile.from_json(n, f)
                                   for n, f in d["functions"].items()})
         except (KeyError, TypeError, ValueError) as exc:
@@ -136,7 +139,8 @@ class Profile:
 
 
 def merge(a: Profile, b: Profile) -> Profile:
-    """A new profile holding the observations of both (e.g. several training runs).
+    """A new profile holding the observations of both (e.g. several training runs); the settings
+    are ``a``'s.
 
     Error handling:
         Profiles with different window widths raise ProfileError: their contexts are not comparable.

@@ -17,9 +17,19 @@ STRATEGIES = ("first", "round-robin", "delayed-round-robin", "argument-closest",
 """SEV return-value scheduling strategies (SEV paper, section 3.2), selectable per function."""
 
 
-def agent_tables(profile: Profile, *, strategy: str = "context",
-                 strategies: dict[str, str] | None = None, anomaly_width: int = 0,
-                 anomaly_action: str = "log") -> dict[str, Any]:
+def check_settings(strategy: str, strategies: dict[str, str], anomaly_action: str) -> None:
+    """Raise ValueError naming the accepted values for an unknown strategy or anomaly action."""
+    for chosen in [strategy, *strategies.values()]:
+        if chosen not in STRATEGIES:
+            raise ValueError(f"unknown scheduling strategy {chosen!r}; "
+                             f"use one of {', '.join(STRATEGIES)}")
+    if anomaly_action not in ("log", "supervise"):
+        raise ValueError(f"unknown anomaly action {anomaly_action!r}; use log or supervise")
+
+
+def agent_tables(profile: Profile, *, strategy: str | None = None,
+                 strategies: dict[str, str] | None = None, anomaly_width: int | None = None,
+                 anomaly_action: str | None = None) -> dict[str, Any]:
     """``config.profile`` for the agent.
 
     Args:
@@ -28,18 +38,20 @@ def agent_tables(profile: Profile, *, strategy: str = "context",
         anomaly_width: windows of this many functions never seen in training raise an ``anomaly``
             event (0: no anomaly detection).
         anomaly_action: ``log`` or ``supervise`` (also ask the coverage module to supervise it).
+        An argument left out comes from the profile's settings (``healer profile set``), else
+        ``context``, no per-function strategies, 0, ``log``.
 
     Error handling:
         An unknown strategy or action raises ValueError naming the accepted ones.
     """
-    strategies = dict(strategies or {})
-    for chosen in [strategy, *strategies.values()]:
-        if chosen not in STRATEGIES:
-            raise ValueError(f"unknown scheduling strategy {chosen!r}; "
-                             f"use one of {', '.join(STRATEGIES)}")
-    if anomaly_action not in ("log", "supervise"):
-        raise ValueError(f"unknown anomaly action {anomaly_action!r}; use log or supervise")
-    functions = {}
+    st = profile.settings
+    strategy = strategy if strategy is not None else st.get("strategy", "context")
+    strategies = dict(strategies if strategies is not None else st.get("strategies", {}))
+    anomaly_width = anomaly_width if anomaly_width is not None else st.get("anomaly_width", 0)
+    anomaly_action = (anomaly_action if anomaly_action is not None
+                      else st.get("anomaly_action", "log"))
+    check_settings(strategy, strategies, anomaly_action)
+    functions: dict[str, Any] = {}
     for name, fp in profile.functions.items():
         prefixes: dict[str, Counter[int]] = {}
         for w, c in fp.contexts.items():

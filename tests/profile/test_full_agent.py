@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from healer.profile import save
+from healer.profile import load, save
+from targets.kv_server import KvServer
 
 Events = Callable[[], list[dict[str, Any]]]
 
@@ -75,3 +77,64 @@ def test_inject_in_the_full_agent_heals_with_the_profile_value(kv, trained, atta
     assert int(ev["value"]) in trained.functions["find_slot"].values
     assert kv.proc.poll() is None
     assert Path(env["SEAD_RUN_DIR"]).is_dir()
+
+
+def test_profile_settings_turn_on_anomaly_alerts_in_healer_attach(kv, record, tmp_path):
+    rnd = random.Random(7)
+    normal = ["RESET"] + [rnd.choice([f"SET k{rnd.randrange(9)} {rnd.randrange(99)}",
+                                      f"GET k{rnd.randrange(9)}", "COUNT"]) for _ in range(300)]
+    trainer = KvServer.start()
+    try:
+        save(record(trainer, normal), tmp_path / "normal.prof")
+    finally:
+        trainer.stop()
+    heal = [sys.executable, "-m", "healer"]
+    bad = subprocess.run([*heal, "profile", "set", str(tmp_path / "normal.prof"),
+                          "--function-strategy", "find_slot=best"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown scheduling strategy 'best'" in bad.stderr
+    ok = subprocess.run([*heal, "profile", "set", str(tmp_path / "normal.prof"),
+                         "--anomaly-width", "2", "--function-strategy", "find_slot=first"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert load(tmp_path / "normal.prof").settings["anomaly_width"] == 2
+    env = dict(os.environ, SEAD_RUN_DIR=str(tmp_path))
+    log = tmp_path / "healer.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([*heal, "--log-json", "attach", str(kv.pid), "--coverage", "all",
+                                 "--profile", str(tmp_path / "normal.prof")], env=env,
+                                stderr=err, stdout=subprocess.DEVNULL)
+    try:
+        assert _wait(log, lambda e: e.get("event") == "healer ready"), log.read_text()
+        kv.exchange(normal[:100])
+        assert kv.exchange(["GET bad!"]) == ["ERROR bad key"]
+        anomaly = _wait(log, lambda e: e.get("event") == "anomaly")
+        assert anomaly is not None, log.read_text()
+        assert anomaly["function"] == "send_reply"
+        assert anomaly["window"] == ["key_valid", "parse_command"]
+        alerts = [e for e in _events(log) if e.get("event") == "anomaly"]
+        assert len(alerts) == 1  # the training traffic raised none
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):  # a line still being written
+            out.append(json.loads(line))
+    return out
+
+
+def _wait(log: Path, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    for _ in range(150):
+        for e in _events(log):
+            if pred(e):
+                return e
+        time.sleep(0.1)
+    return None

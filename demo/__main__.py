@@ -52,7 +52,7 @@ def main() -> int:
         return 130
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    show.summary("the fault was healed and the client got a clean answer" if healed
+    show.summary("every fault was healed and every client got a clean answer" if healed
                  else "the heal did NOT happen (see the failed steps above)")
     return 0 if healed else 1
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from pathlib import Path
-from typing import IO, Any
 
 import netns
 import targets
 from demo._show import LOG_WORDS, Narrator, log_lines, quote
+from demo.stack import healer_attached
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "figure3.pol"
@@ -50,14 +50,12 @@ def talk(ns: str, host: str, port: int, lines: bytes, replies: int,
     return bytes(data)
 
 
-def heal(show: Narrator, stack: contextlib.ExitStack, work: Path, topo: netns.Topology,
-         healer_attached: Any, hlog: IO[bytes]) -> bool:
-    """Steps 5-7 on the login server. True when the attack was healed and the client saw DENIED."""
+def heal(show: Narrator, stack: contextlib.ExitStack, work: Path, topo: netns.Topology) -> bool:
+    """The exploit act. True when the attack was healed and the client saw DENIED."""
     binary = targets.build("login_server", opt="-O2", stack_protector=True)
-    show.step("Attach the healer to the login server (the Apache heal is not available)",
-              "The healer cannot heal Apache in this checkout yet, so the heal is shown on the "
-              "project's gcc-built login server (the paper's Figure 2) behind the same kind of "
-              "gateway. First, what the attack does WITHOUT the healer:")
+    show.step("A real exploit: the paper's Figure 2 login server",
+              "check_credentials() copies the user name into a 16-byte stack buffer. An overlong "
+              "name smashes the stack. First, what the attack does WITHOUT the healer:")
     victim = _start(topo.server_ns, binary, PORT + 1)
     try:
         answer = talk(topo.server_ns, "127.0.0.1", PORT + 1, ATTACK, 1)
@@ -73,28 +71,29 @@ def heal(show: Narrator, stack: contextlib.ExitStack, work: Path, topo: netns.To
     stack.enter_context(netns.gateway(topo, listen=(topo.gw_client_addr, PORT),
                                       upstream=(topo.server_addr, PORT), control=control,
                                       extra=["--protocol", "line"], log=vlog))
-    stack.enter_context(healer_attached(server.pid, control, hlog, "--policy", str(POLICY),
-                                        "--coverage", "list:check_credentials"))
-    show.ok(f"healer attached to login_server pid {server.pid} with policy {POLICY.name}; "
-            f"gateway on {topo.gw_client_addr}:{PORT}")
-
-    show.step("Attack: an overlong user name overflows check_credentials()",
-              "The same attack, now through the gateway. The stack smash is caught, memory is "
-              "rolled back, check_credentials returns 0 (Figure 3's policy): login denied.")
+    coverage = work / "login-supervised.txt"
+    coverage.write_text("check_credentials\n")
+    stack.enter_context(healer_attached(server.pid, control, work / "healer-login.log",
+                                        "--policy", str(POLICY), "--coverage",
+                                        f"list:{coverage}"))
+    show.detail(f"now protected: healer attached to login_server pid {server.pid} with the "
+                f"paper's Figure 3 policy ({POLICY.name}), gateway on "
+                f"{topo.gw_client_addr}:{PORT}. The same attack through the gateway:")
     with netns.capture(topo.client_ns) as cap:
         answer = talk(topo.client_ns, topo.gw_client_addr, PORT, ATTACK, 1)
     on_wire = cap.from_port(PORT)
     show.detail(f"what reached the client: {quote(on_wire)}")
-    for line in log_lines(work / "healer.log", LOG_WORDS) + \
+    for line in log_lines(work / "healer-login.log", LOG_WORDS) + \
             log_lines(work / "vproxy-login.log", LOG_WORDS):
         show.detail(f"log: {line}")
     if answer != b"DENIED\n" or on_wire != answer or server.poll() is not None:
         show.failed(f"expected DENIED from a live server; got {quote(answer)}, "
                     f"server {'alive' if server.poll() is None else 'dead'}")
         return False
-    show.ok("the attack was healed: the client got a clean DENIED and nothing else")
+    show.ok("healed: stack smash caught, memory rolled back, check_credentials returned 0; the "
+            "client got a clean DENIED and nothing else")
 
-    show.step("The server still serves",
+    show.step("The login server still serves",
               "Same process, same connection handling: a ping and a legitimate login.")
     answer = talk(topo.client_ns, topo.gw_client_addr, PORT,
                   b"PING\nLOGIN alice wonderland\n", 2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 _TTY = sys.stdout.isatty()
 #: words that mark the log lines of a heal (healer and gateway logs)
-LOG_WORDS = ("abort", "heal", "virtualiz", "rollback", "replace", "fault", "inject")
+LOG_WORDS = ("abort", '"heal"', "virtualiz", "rollback", "replace", "fault", "inject")
 
 
 def _paint(text: str, code: str) -> str:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import netns
 from targets import apache
+
+# `demo` (whose stack helpers these tests share) is a top-level directory of the checkout, not an
+# installed package; `python -m pytest` finds it from the repo root, a bare `pytest` would not.
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
 pytestmark = [pytest.mark.root, pytest.mark.apache]
 

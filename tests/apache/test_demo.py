@@ -1,4 +1,4 @@
-"""``make demo`` leaves nothing behind when interrupted (Ctrl-C) in the middle."""
+"""``make demo``: heals and exits 0; leaves nothing behind, also when interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,19 @@ def test_ctrl_c_in_the_middle_removes_namespaces_and_processes(needs_apache: Non
         proc.kill()
         proc.wait(10)
         netns.down(f"seaddemo-{proc.pid}-1")
+
+
+def test_demo_heals_apache_and_the_login_server_and_leaves_nothing(needs_apache: None) -> None:
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "demo"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=150)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        netns.down(f"seaddemo-{proc.pid}-1")
+    assert proc.returncode == 0, out
+    assert "what reached the client: HTTP/1.1 503" in out
+    assert "what reached the client: DENIED" in out
+    assert "FAILED" not in out
+    assert not netns.existing(f"seaddemo-{proc.pid}")

@@ -33,25 +33,31 @@ _MAX_HEAD: Final = 64 * 1024  # the framers' default head limit: past it the fra
 _MAX_WAITING: Final = 1024 * 1024  # response bytes with no request to answer yet (framer's limit)
 _SIMPLE_REQUEST: Final = re.compile(rb"(GET|HEAD) [\x21-\x7e]+ HTTP/1\.1\r\n")
 _SIMPLE_STATUS: Final = re.compile(rb"HTTP/1\.1 [2-5]\d\d[^\r\n]*\r\n")
-_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,15})[ \t]*\r\n")
 _KEEP_ALIVE: Final = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*\r\n")
+# one immutable description per accepted method (the replacement only needs the method)
+_INFOS: Final = {m: http.RequestInfo(m, "", "1.1", keep_alive=True, upgrade=False)
+                 for m in ("GET", "HEAD")}
 
 
 def _plain_head(head: bytes, low: bytes) -> bool:
     """True when the head's lines end in CRLF only, none is folded, and its only Connection
     header (if any) says keep-alive and it names no Transfer-Encoding or Upgrade anywhere."""
-    return (head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")
+    if not (head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")
             and b"\r\n " not in head and b"\r\n\t" not in head
-            and b"transfer-encoding" not in low and b"upgrade" not in low
-            and low.count(b"connection") == len(_KEEP_ALIVE.findall(low)))
+            and b"transfer-encoding" not in low and b"upgrade" not in low):
+        return False
+    connection = low.count(b"connection")
+    return not connection or connection == len(_KEEP_ALIVE.findall(low))
 
 
 def simple_request(head: bytes) -> str | None:
     """The method of a complete request head the scanner understands (a body-less HTTP/1.1 GET or
     HEAD, no Content-Length), else None (the llhttp framer takes over)."""
     match = _SIMPLE_REQUEST.match(head)
+    if match is None:
+        return None
     low = head.lower()
-    if match is None or b"content-length" in low or not _plain_head(head, low):
+    if b"content-length" in low or not _plain_head(head, low):
         return None
     return match.group(1).decode("ascii")
 
@@ -59,14 +65,18 @@ def simple_request(head: bytes) -> str | None:
 def simple_response_length(head: bytes, method: str) -> int | None:
     """Body length of a complete response head answering ``method`` (GET or HEAD) that the scanner
     understands (HTTP/1.1, status 200-599 but 204/304, exactly one Content-Length), else None."""
+    if _SIMPLE_STATUS.match(head) is None or head[9:12] in (b"204", b"304"):
+        return None
     low = head.lower()
-    if _SIMPLE_STATUS.match(head) is None or head[9:12] in (b"204", b"304") \
-            or not _plain_head(head, low) or low.count(b"content-length") != 1:
+    if low.count(b"content-length") != 1 or not _plain_head(head, low):
         return None
-    match = _LENGTH.search(low)
-    if match is None:
+    at = low.find(b"\r\ncontent-length:")
+    if at < 0:
         return None
-    return 0 if method == "HEAD" else int(match.group(1))
+    value = low[at + 17: low.find(b"\r\n", at + 17)].strip(b" \t")
+    if not value.isdigit() or len(value) > 15:
+        return None
+    return 0 if method == "HEAD" else int(value)
 
 
 class HttpBoundaries:
@@ -125,7 +135,7 @@ class HttpBoundaries:
                 buf.clear()
                 return
             del buf[:end + 4]
-            self._requested(http.RequestInfo(method, "", "1.1", keep_alive=True, upgrade=False))
+            self._requested(_INFOS[method])
 
     def _requested(self, info: http.RequestInfo) -> None:
         self.unanswered.append(info)
@@ -150,8 +160,8 @@ class HttpBoundaries:
                     if not self._body_left:
                         self._response_ended(self._rstart)
                     data = data[take:]
-                self._rbuf += data
-                self._scan_responses()
+                if data:
+                    self._scan_responses(bytes(self._rbuf) + data if self._rbuf else bytes(data))
                 if len(self._rbuf) > _MAX_WAITING:
                     raise http.BufferLimitExceeded("server", self._rstart, "response bytes with "
                                                    "no request outstanding")
@@ -159,32 +169,34 @@ class HttpBoundaries:
         except ProtocolError:
             self._break()
 
-    def _scan_responses(self) -> None:
-        buf = self._rbuf
-        while buf and not self._body_left and self.unanswered and self._responses is None:
+    def _scan_responses(self, data: bytes) -> None:
+        """Frame ``data`` (from the current response's first byte) in place; what remains of an
+        incomplete head, or of responses no request is known for yet, waits in ``_rbuf``."""
+        at, size = 0, len(data)
+        while at < size and self.unanswered:
             request = self.unanswered[0]
-            end = buf.find(b"\r\n\r\n", 0, _MAX_HEAD)
-            if end < 0 and len(buf) < _MAX_HEAD:
-                return
+            end = data.find(b"\r\n\r\n", at, at + _MAX_HEAD)
+            if end < 0 and size - at < _MAX_HEAD:
+                break
             length = None
             if end >= 0 and request.method in ("GET", "HEAD") and not request.upgrade:
-                length = simple_response_length(bytes(buf[:end + 4]), request.method)
+                length = simple_response_length(data[at:end + 4], request.method)
             if length is None:  # the framer takes over from this response's first byte
                 self._responses = http.ResponseFramer()  # its offsets count from here
                 for info in self.unanswered:
                     self._responses.expect(info)
-                self._responses.receive_data(bytes(buf))
-                buf.clear()
+                self._responses.receive_data(data[at:])
+                self._rbuf.clear()
                 return
             total = end + 4 + length
-            if total <= len(buf):
-                del buf[:total]
-                self._rstart += total
+            if total > size:
+                self._body_left = total - size
+                total = size
+            self._rstart += total - at
+            at = total
+            if not self._body_left:
                 self._response_ended(self._rstart)
-            else:
-                self._body_left = total - len(buf)
-                self._rstart += len(buf)
-                buf.clear()
+        self._rbuf = bytearray(data[at:])
 
     def _response_ended(self, offset: int) -> None:
         self.boundary = offset

@@ -19,7 +19,7 @@ const _wireModule = (function () {
 
   let cm = null;
   let c = null;                  // NativeFunctions
-  let buf = null;                // staging buffer for one send()
+  let buf = null;                // receive buffer (HELLO answer, ERR lines); sends use their own
   let control = null;            // {path, token, guard}
   let fd = -1;
   let pid = 0;
@@ -105,8 +105,9 @@ const _wireModule = (function () {
       let end = Math.min(text.length, off + BUF_SIZE - 1);
       if (end < text.length) end = text.lastIndexOf('\n', end - 1) + 1;
       const chunk = text.substring(off, end);
-      buf.writeUtf8String(chunk);
-      const r = c.sendAll(fd, buf, chunk.length, SEND_TIMEOUT_MS);
+      // A buffer per chunk: sendAll releases the JS lock, so another thread may flush meanwhile
+      // (a shared buffer let it overwrite these bytes: corrupted lines, a lost ABORT).
+      const r = c.sendAll(fd, Memory.allocUtf8String(chunk), chunk.length, SEND_TIMEOUT_MS);
       if (r !== 0) {
         counters.sendFailures++;
         disconnect(r === -11 ? `the gateway read nothing for ${SEND_TIMEOUT_MS} ms` : `send: errno ${-r}`);

@@ -66,20 +66,23 @@ def healer_argv(pid: int, control: Path, policy: Path, coverage: Path) -> list[s
 
 def attach_healer(servers: Servers, layout: Layout, policy: Path,
                   functions: Sequence[str] = ("check_credentials", "handle_transfer"),
-                  timeout: float = 60.0) -> Started:
+                  extra: Sequence[str] = (), timeout: float = 60.0) -> Started:
     """Attach the healer to the layout's payfront; returns once it logs ``healer ready``.
 
     The healer runs on the host: Frida reaches payfront by pid, and the agent inside payfront
     reaches the gateway's control socket by its path (Unix sockets with a path are not bound to a
     network namespace). The coverage list is written next to the control socket.
 
+    Args:
+        extra: more ``healer attach`` flags (e.g. ``--disable-plugin memlog``).
+
     Error handling: ServerError if it exits or does not report attached within ``timeout``.
     """
     assert layout.control is not None, "the healer pairs with the gateway's control socket"
     coverage = layout.control.with_name("payfront.functions")
     coverage.write_text("".join(f"{name}\n" for name in functions))
-    return servers.start("healer", healer_argv(layout.payfront.proc.pid, layout.control, policy,
-                                               coverage), timeout=timeout, ready=b"healer ready",
+    argv = [*healer_argv(layout.payfront.proc.pid, layout.control, policy, coverage), *extra]
+    return servers.start("healer", argv, timeout=timeout, ready=b"healer ready",
                          merge_stderr=True)
 
 

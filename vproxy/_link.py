@@ -410,8 +410,13 @@ class Link:
             await lock.acquire()
         try:
             items, self._backlog = [*self._backlog, *self._pump(hold, now)], []
-            if items:
+            while items:
                 await self._send_items(peer, items)
+                if self._closing:
+                    return
+                # the fast path may have fed more while we sent: only what stays held counts
+                # against the bound below
+                items = self._pump(hold, now)
             if self._closing:
                 return
             if hold.buf and (len(hold.buf) > config.hold_bytes or

@@ -8,7 +8,15 @@ alternately (A B C ... A B C ...) so that drift on the shared machine hits them 
 - ``haproxy-tcp``: haproxy in TCP mode, one thread (the reference proxy);
 - ``vproxy-pass``: ``vproxy serve --protocol http --control ..`` with no healer paired
   (pass-through);
-- ``vproxy-none|cosak|all``: the same gateway with ``healer attach --coverage X`` paired.
+- ``vproxy-none|cosak|all``: a second, identical gateway with ``healer attach --coverage X``
+  paired (a gateway that was once guarded stays guarded after the healer leaves: fail closed);
+- ``vproxy-request``: the same with ``--coverage list:`` ``ap_process_async_request``: each
+  request is one transaction whose output the gateway holds until it commits;
+  ``vproxy-request-nolog`` the same without the memory log (``--disable-plugin memlog``), to see
+  what the log costs.
+
+Before a guarded configuration is timed, one request must come back through it within 30 s;
+otherwise it is reported as not available with what happened.
 
 Prints a table like the paper's (seconds, ms per request, slowdown), writes
 ``bench/results/wget_manual.json`` and ``.png``, and the time ``healer attach`` takes on a running
@@ -36,13 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import netns
+from demo.stack import HealerError, have, healer_attached, http_get
 from targets import apache
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ("native", "haproxy-tcp", "vproxy-pass", "vproxy-none", "vproxy-cosak", "vproxy-all")
-GUARDED = ("vproxy-none", "vproxy-cosak", "vproxy-all")
-PORTS = {"haproxy-tcp": 8081, "vproxy": 8082}
+CONFIGS = ("native", "haproxy-tcp", "vproxy-pass", "vproxy-none", "vproxy-request",
+           "vproxy-request-nolog", "vproxy-cosak", "vproxy-all")
+GUARDED = ("vproxy-none", "vproxy-request", "vproxy-request-nolog", "vproxy-cosak", "vproxy-all")
+REQUEST_FUNCTION = "ap_process_async_request"  # the event MPM's per-request entry point (-X)
+PORTS = {"haproxy-tcp": 8081, "vproxy-pass": 8082, "vproxy-guarded": 8083}
 VPROXY_FLAGS = ("--protocol", "http", "--control-user", "www-data")
 APACHE_PORT = 8080
 PAPER = "Apache 2.0.53: 74.85% slowdown under STEM; 2.2.4: 72.54% (~4100 files, ~72 MB)"
@@ -69,13 +80,6 @@ class Config:
     reason: str = ""  # set when not available
     crawls: list[Crawl] = field(default_factory=list)
     attach_seconds: list[float] = field(default_factory=list)
-
-
-def _command_exists(package: str, command: str) -> bool:
-    """Whether ``python -m PACKAGE COMMAND --help`` works (the command has landed)."""
-    proc = subprocess.run([sys.executable, "-m", package, command, "--help"], cwd=REPO,
-                          capture_output=True, timeout=60)
-    return proc.returncode == 0
 
 
 def _cpu(pid: int | None) -> float:
@@ -148,7 +152,7 @@ listen manual
 @contextlib.contextmanager
 def _vproxy(topo: netns.Topology, port: int, control: Path,
             log: Path) -> Iterator[tuple[str, int | None]]:
-    if not _command_exists("vproxy", "serve"):
+    if not have("vproxy", "serve"):
         raise NotAvailable("`vproxy serve` does not exist yet")
     listen = (topo.gw_client_addr, port)
     with open(log, "ab") as out, netns.gateway(topo, listen=listen,
@@ -156,35 +160,6 @@ def _vproxy(topo: netns.Topology, port: int, control: Path,
                                               control=control, extra=VPROXY_FLAGS,
                                               log=out) as gw:
         yield f"http://{listen[0]}:{listen[1]}/manual/", gw.proc.pid
-
-
-@contextlib.contextmanager
-def _healer(pid: int, coverage: str, control: Path, log: Path) -> Iterator[float]:
-    """``healer attach PID --coverage C --control PATH`` for the block; yields seconds to attach.
-
-    The healer prints a line containing ``attached`` once the agent is live (its ready signal)."""
-    argv = [sys.executable, "-m", "healer", "attach", str(pid), "--coverage", coverage,
-            "--control", str(control)]
-    with open(log, "ab") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err,
-                                start_new_session=True)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # bounded by the healer exiting (EOF)
-                if b"attached" in line:
-                    break
-            else:
-                raise NotAvailable(f"healer attach exited {proc.wait(10)} before attaching "
-                                   f"(log: {log})")
-            yield time.perf_counter() - start
-        finally:
-            proc.send_signal(2)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def _profile(topo: netns.Topology, httpd: apache.Apache, target: tuple[str, int | None],
@@ -213,26 +188,42 @@ def _profile(topo: netns.Topology, httpd: apache.Apache, target: tuple[str, int 
 
 
 def _server(name: str) -> str:
-    """Which running thing a configuration crawls: native, haproxy-tcp or the one vproxy."""
-    return "vproxy" if name.startswith("vproxy-") else name
+    """Which running thing a configuration crawls: native, haproxy-tcp, vproxy-pass or -guarded."""
+    return "vproxy-guarded" if name in GUARDED else name
 
 
-def _coverage(name: str) -> str | None:
-    """The healer coverage of a guarded configuration (None: no healer)."""
-    return name.removeprefix("vproxy-") if name in GUARDED else None
+def _healer_flags(name: str, work: Path) -> list[str]:
+    """The ``healer attach`` flags of a guarded configuration."""
+    if name.startswith("vproxy-request"):
+        listed = work / "request.txt"
+        listed.write_text(REQUEST_FUNCTION + "\n")
+        nolog = ["--disable-plugin", "memlog"] if name.endswith("-nolog") else []
+        return ["--coverage", f"list:{listed}", *nolog]
+    return ["--coverage", name.removeprefix("vproxy-")]
 
 
 def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
-           urls: dict[str, tuple[str, int | None]],
-           control: Path, work: Path) -> None:
+           urls: dict[str, tuple[str, int | None]], control: Path, work: Path) -> None:
     out = work / "wget"
-    coverage = _coverage(cfg.name)
-    if coverage is None:
-        cfg.crawls.append(_crawl(topo, httpd, urls[_server(cfg.name)], out))
+    target = urls[_server(cfg.name)]
+    if cfg.name not in GUARDED:
+        cfg.crawls.append(_crawl(topo, httpd, target, out))
         return
-    with _healer(httpd.pid, coverage, control, work / "healer.log") as attach:
-        cfg.attach_seconds.append(attach)
-        cfg.crawls.append(_crawl(topo, httpd, urls["vproxy"], out))
+    try:
+        with healer_attached(httpd.pid, control, work / "healer.log",
+                             *_healer_flags(cfg.name, work)) as healer:
+            cfg.attach_seconds.append(healer.ready_seconds)
+            probe = http_get(topo.client_ns, topo.gw_client_addr, PORTS["vproxy-guarded"],
+                             "/manual/", timeout=30)
+            if not probe.startswith(b"HTTP/1.1 200"):
+                raise NotAvailable(f"a request through the guarded gateway got {probe[:40]!r} "
+                                   "(held output never committed; see the gateway log)")
+            cfg.crawls.append(_crawl(topo, httpd, target, out))
+    except OSError as exc:  # the probe timed out or was reset
+        raise NotAvailable(f"a request through the guarded gateway failed: {exc} (held output "
+                           "never committed; see the gateway log)") from None
+    except HealerError as exc:
+        raise NotAvailable(str(exc).splitlines()[0]) from None
 
 
 def run(names: list[str], rounds: int,
@@ -258,7 +249,10 @@ def run(names: list[str], rounds: int,
                 "native": (f"http://{topo.server_addr}:{APACHE_PORT}/manual/", None)}
             starters = {
                 "haproxy-tcp": lambda: _haproxy(topo, work),
-                "vproxy": lambda: _vproxy(topo, PORTS["vproxy"], control, work / "vproxy.log"),
+                "vproxy-pass": lambda: _vproxy(topo, PORTS["vproxy-pass"], work / "pass.sock",
+                                               work / "vproxy-pass.log"),
+                "vproxy-guarded": lambda: _vproxy(topo, PORTS["vproxy-guarded"], control,
+                                                  work / "vproxy-guarded.log"),
             }
             guarded = [c for c in configs if c.name in GUARDED]
             wanted = {_server(c.name) for c in configs}
@@ -269,7 +263,7 @@ def run(names: list[str], rounds: int,
                         urls[key] = stack.enter_context(starter())
                     except (NotAvailable, netns.NetnsError) as exc:
                         reasons[key] = str(exc)
-            if guarded and "vproxy" not in reasons and not _command_exists("healer", "attach"):
+            if guarded and "vproxy-guarded" not in reasons and not have("healer", "attach"):
                 reasons["healer"] = "`healer attach` does not exist yet"
             for c in configs:
                 c.reason = reasons.get(_server(c.name), "") or \
@@ -283,9 +277,9 @@ def run(names: list[str], rounds: int,
                         _round(c, topo, httpd, urls, control, work)
                     except (NotAvailable, netns.NetnsError) as exc:
                         c.reason = str(exc)
-            if profile and "vproxy" in urls:
+            if profile and "vproxy-pass" in urls:
                 facts["vproxy_pass_profile_leaf_percent"] = _profile(topo, httpd,
-                                                                     urls["vproxy"], work)
+                                                                     urls["vproxy-pass"], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return configs, facts
@@ -326,18 +320,18 @@ def summarize(configs: list[Config], rounds: int, facts: dict[str, Any]) -> dict
 
 
 def print_table(summary: dict[str, Any]) -> None:
-    print(f"{'configuration':<14} {'seconds':>8} {'ms/req':>7} {'slowdown':>9} {'requests':>8} "
+    print(f"{'configuration':<20} {'seconds':>8} {'ms/req':>7} {'slowdown':>9} {'requests':>8} "
           f"{'MB':>6} {'apache µs/req':>13} {'proxy µs/req':>12} {'attach s':>8}")
     for name, e in summary["configs"].items():
         if not e["available"]:
-            print(f"{name:<14} not available: {e['reason']}")
+            print(f"{name:<20} not available: {e['reason']}")
             continue
         slow = f"{100 * (e['slowdown'] - 1):+.1f}%" if e["slowdown"] else "-"
         attach = f"{e['attach_seconds_median']:.2f}" if "attach_seconds_median" in e else "-"
         flag = "" if e["complete"] else "  INCOMPLETE crawl"
         proxy = "-" if e["proxy_cpu_us_per_request"] is None else \
             f"{e['proxy_cpu_us_per_request']:.0f}"
-        print(f"{name:<14} {e['median_seconds']:>8.3f} {e['ms_per_request']:>7.3f} {slow:>9} "
+        print(f"{name:<20} {e['median_seconds']:>8.3f} {e['ms_per_request']:>7.3f} {slow:>9} "
               f"{e['requests']:>8} {e['bytes'] / 1e6:>6.1f} "
               f"{e['apache_cpu_us_per_request']:>13.0f} {proxy:>12} "
               f"{attach:>8}{flag}")

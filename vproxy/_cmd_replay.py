@@ -88,8 +88,13 @@ def _replay_in_namespaces(args: argparse.Namespace, scenario: sc.Scenario) -> sc
         assert layout.control is not None
         outcome = trio.run(partial(sc.run_scenario, scenario, layout.endpoints,
                                    counters=partial(sc.gateway_counters, layout.control)))
-        outcome.notes += servers.notes()
+        outcome.notes += servers.notes(settle=_settle(outcome))
     return outcome
+
+
+def _settle(outcome: sc.Outcome) -> float:
+    # A failed conversation may mean a crashed server: give it time to report how it ended.
+    return 0.5 if not all(c.ok for c in outcome.conversations) else 0.0
 
 
 def replay_one(args: argparse.Namespace, scenario: sc.Scenario) -> sc.Outcome:
@@ -99,7 +104,7 @@ def replay_one(args: argparse.Namespace, scenario: sc.Scenario) -> sc.Outcome:
     with sc.Servers() as servers:
         endpoints = _start(args, servers, scenario)
         outcome = trio.run(sc.run_scenario, scenario, endpoints)
-        outcome.notes += servers.notes()
+        outcome.notes += servers.notes(settle=_settle(outcome))
     return outcome
 
 

@@ -73,10 +73,10 @@ def _drain(src: int, log: int) -> None:
             os.write(log, chunk)
 
 
-def _stderr_tail(f: IO[bytes]) -> str:
+def _output_tail(f: IO[bytes]) -> str:
     f.seek(0)
     text = f.read()[-600:].decode(errors="replace").strip()
-    return text or "(nothing on stderr)"
+    return text or "(no output)"
 
 
 class Servers:
@@ -121,7 +121,7 @@ class Servers:
             proc.wait(timeout=5)
             note = started.exit_note() or \
                 f"{name} printed no {ready.decode()} line in {timeout:g} s"
-            raise ServerError(f"{name} did not start: {note}; stderr: {_stderr_tail(err)}")
+            raise ServerError(f"{name} did not start: {note}; its output: {_output_tail(err)}")
         if ready == b"READY" and line is not None:
             started.port = int(line.split()[1])
         started.drainer = threading.Thread(target=_drain, args=(out, err.fileno()), daemon=True)
@@ -135,13 +135,23 @@ class Servers:
                 return s
         raise KeyError(name)
 
-    def notes(self) -> list[str]:
-        """How each process that is no longer running ended, with its stderr."""
+    def notes(self, settle: float = 0.0) -> list[str]:
+        """How each process that is no longer running ended, with its stderr.
+
+        Args:
+            settle: seconds to give a dying process to finish exiting first (a crashed server's
+                sockets close a moment before its exit status exists); spent only while some
+                process is still running, so pass it only when a failure suggests a crash.
+        """
+        deadline = time.monotonic() + settle
+        for s in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                s.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         out = []
         for s in self.started:
             note = s.exit_note()
             if note is not None:
-                out.append(f"{note}; stderr: {_stderr_tail(s.stderr)}")
+                out.append(f"{note}; its output: {_output_tail(s.stderr)}")
         return out
 
     def __enter__(self) -> Servers:

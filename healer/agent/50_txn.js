@@ -10,7 +10,9 @@ Sead.txn = (() => {
     inject: 152, size: 160 };
   const T = { tid: 0, inputDepth: 8, n: 16, frames: 32 };
   const C = { mode: 0, cosak: 8, nextId: 16, jsTx: 24, injectThreshold: 32, rng: 40, supervised: 48,
-    calls: 56, stale: 64, overflow: 72, jsCalls: 80, jsInput: 88, enabled: 96, shadow: 104, size: 112 };
+    calls: 56, stale: 64, overflow: 72, jsCalls: 80, jsInput: 88, enabled: 96, shadow: 104,
+    nNative: 112, size: 120 };
+  const MAX_NATIVE_HOOKS = 8;
   const MAX_THREADS = 256;
   const THREAD_SIZE = T.frames + 64 * F.size;
   const REGS = ['rbx', 'rbp', 'r12', 'r13', 'r14', 'r15'];
@@ -20,6 +22,7 @@ Sead.txn = (() => {
   const MAX_CHOICES = 8; // bound on value choices per repair (policy rps, profile, heuristic)
 
   const cfg = Memory.alloc(C.size);
+  const nativeHooks = Memory.alloc(MAX_NATIVE_HOOKS * 16);
   const threads = Memory.alloc(MAX_THREADS * THREAD_SIZE);
   const stacks = new Map(); // threadId -> [tx] while plugins want JS transaction hooks
   const stats = { heals: 0, refusals: 0, injected: 0, leaveAborts: 0, unsupervisedFaults: 0 };
@@ -158,6 +161,7 @@ Sead.txn = (() => {
       }
       tx._frame.add(F.state).writeU64(ST_HEALED);
       popTo(threadId, tx);
+      Sead.each('beforeResume', tx, context); // memlog: resume inside Stalker (docs/agent.md)
       stats.heals++;
       Sead.emit('heal', describe(tx, fault, choice));
       return true;
@@ -203,7 +207,7 @@ Sead.txn = (() => {
       if (parent !== null) parent._frame.add(F.inject).writeU64(INJ.refused);
       Sead.emit('refuse', { function: tx.fn.name, tx: tx.id, kind: fault.kind, why: choice.why,
         next: parent !== null ? parent.fn.name : null });
-      return 0;
+      return 2;
     }
     out.writeU64(uint64(value.toString()));
     const ev = describe(tx, fault, choice);
@@ -254,7 +258,7 @@ Sead.txn = (() => {
   }
 
   function init(config) {
-    const symbols = Object.assign({ cfg, threads }, callbacks);
+    const symbols = Object.assign({ cfg, threads, native_hooks: nativeHooks }, callbacks);
     cm = new CModule(CSOURCE['txn.c'], symbols);
     threadOf = new NativeFunction(cm.sead_thread, 'pointer', ['uint64', 'int']);
     cfg.add(C.rng).writeU64(uint64('0x9e3779b97f4a7c15'));
@@ -278,6 +282,18 @@ Sead.txn = (() => {
 
   function setEnabled(on) { cfg.add(C.enabled).writeU64(on ? 1 : 0); }
 
+  // A plugin's C hooks `void hook(Frame *f, guint64 threadId)` (layout of Frame: txn.c), run on
+  // the hot path for every supervised call without entering JS: `begin` after the frame is saved,
+  // `commit` when the transaction commits. Aborts stay in JS (onTxAbort). Call from `init`.
+  function addNativeHooks(h) {
+    const n = cfg.add(C.nNative).readU64().toNumber();
+    if (n >= MAX_NATIVE_HOOKS) throw new Error(`at most ${MAX_NATIVE_HOOKS} native hook sets`);
+    nativeHooks.add(16 * n).writePointer(h.begin || ptr(0));
+    nativeHooks.add(16 * n + 8).writePointer(h.commit || ptr(0));
+    cfg.add(C.nNative).writeU64(n + 1);
+    return n;
+  }
+
   // Fault injection (SEV section 3.3): `function` fails at its next call (or every call with
   // `always`), `probability` makes random supervised calls fail.
   function setInject(spec) {
@@ -297,7 +313,8 @@ Sead.txn = (() => {
     stats);
   }
 
-  return { init, configure, setMode, setEnabled, setInject, current, root, leaveTrampoline, healFault,
+  return { init, configure, setMode, setEnabled, setInject, addNativeHooks, current, root,
+    leaveTrampoline, healFault,
     status, module: () => cm, listener: () => ({ onEnter: cm.on_enter, onLeave: cm.on_leave }),
     inputListener: () => ({ onEnter: cm.on_input_enter, onLeave: cm.on_input_leave }), FN_INFO_SIZE: 48 };
 })();

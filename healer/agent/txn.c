@@ -49,15 +49,23 @@ typedef struct {
 
 typedef struct {
   guint64 mode, cosak, next_id, js_tx, inject_threshold, rng;
-  guint64 supervised, calls, stale, overflow, js_calls, js_input, enabled, shadow;
+  guint64 supervised, calls, stale, overflow, js_calls, js_input, enabled, shadow, n_native;
 } Config;
 
 typedef struct {
   guint64 frame; /* Frame* while supervised, else 0 */
 } Invocation;
 
+/* C hooks of plugins (Sead.txn.addNativeHooks): called on the hot path without entering JS. */
+typedef void (* TxHook) (Frame * f, guint64 tid);
+typedef struct {
+  TxHook begin, commit;
+} NativeHooks;
+#define MAX_NATIVE_HOOKS 8
+
 extern Config cfg;
 extern Thread threads[MAX_THREADS];
+extern NativeHooks native_hooks[MAX_NATIVE_HOOKS];
 /* JS callbacks (NativeCallback), called only when cfg asks for them. */
 extern void js_begin (Frame * f);
 extern guint64 js_leave (Frame * f, guint64 retval, guint64 * out);
@@ -150,6 +158,7 @@ on_enter (GumInvocationContext * ic)
   Thread * t;
   Frame * f;
   int sup;
+  guint64 i;
 
   inv->frame = 0;
   if (!cfg.enabled)
@@ -202,6 +211,9 @@ on_enter (GumInvocationContext * ic)
   inv->frame = (guint64) f;
   atomic_inc (&cfg.supervised);
   fn->calls++;
+  for (i = 0; i < cfg.n_native; i++)
+    if (native_hooks[i].begin != NULL)
+      native_hooks[i].begin (f, tid);
   if (cfg.js_tx)
     js_begin (f);
 }
@@ -231,7 +243,7 @@ on_leave (GumInvocationContext * ic)
   Invocation * inv = GUM_IC_GET_INVOCATION_DATA (ic, Invocation);
   Frame * f = (Frame *) inv->frame;
   guint64 retval = (guint64) gum_invocation_context_get_return_value (ic);
-  guint64 tid;
+  guint64 tid, i, aborted = 0;
   Thread * t;
 
   if (cfg.js_calls)
@@ -251,9 +263,14 @@ on_leave (GumInvocationContext * ic)
   if (f->state == ST_OPEN && (cfg.js_tx || f->inject))
   {
     guint64 value = retval;
-    if (js_leave (f, retval, &value))
+    aborted = js_leave (f, retval, &value); /* 0 committed, 1 new value, 2 refused */
+    if (aborted == 1)
       gum_invocation_context_replace_return_value (ic, (gpointer) value);
   }
+  if (f->state == ST_OPEN && !aborted)
+    for (i = 0; i < cfg.n_native; i++)
+      if (native_hooks[i].commit != NULL)
+        native_hooks[i].commit (f, tid);
   /* pop this frame and anything above it that a heal already resolved */
   if (t != NULL && t->n > 0 && f >= &t->f[0] && f < &t->f[t->n])
     t->n = (guint64) (f - &t->f[0]);

@@ -123,9 +123,12 @@ def test_forking_server_child_forked_after_attach_is_healed(start_server, start_
     healer.wait_count("agent loaded", 3)  # the parent and the two workers that exist already
     for _ in range(3):  # each connection is served by a child forked after the attach
         client = server.connect()
-        assert client.ask("PING") == "PONG"
-        assert client.ask("BAR " + "A" * 100) == "RET -1"
-        assert client.ask("PING") == "PONG"
+        try:
+            assert client.ask("PING") == "PONG"
+            assert client.ask("BAR " + "A" * 100) == "RET -1"
+            assert client.ask("PING") == "PONG"
+        except OSError as exc:
+            raise AssertionError(f"child lost ({exc}); healer log:\n{''.join(healer.raw)}") from exc
         client.close()
     heals = healer.wait_count("heal", 3)
     assert all(e["function"] == "bar" for e in heals)

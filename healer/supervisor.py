@@ -32,7 +32,8 @@ log = structlog.get_logger("healer")
 
 # Agent events worth an operator's attention; the rest are logged at debug level.
 _LOUD = {"heal": "warning", "refuse": "error", "fault": "error", "inject": "warning",
-         "anomaly": "warning", "alert": "warning", "reload": "info", "agent:ready": "info"}
+         "anomaly": "warning", "alert": "warning", "reload": "info", "agent:ready": "info",
+         "debug": "info"}
 
 
 @dataclasses.dataclass(slots=True)

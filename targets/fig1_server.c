@@ -1,8 +1,9 @@
 /* fig1_server: the STEM paper's Figure 1 (bar() stack overflow) and a NULL dereference, as a TCP
  * line server.
  *
- * Usage: fig1_server PORT        (PORT 0 picks a free port; the real one is printed)
- * Prints "READY <port>\n" once listening; serves clients one at a time, one request per line:
+ * Usage: fig1_server PORT [threads]   (PORT 0 picks a free port; the real one is printed)
+ * Prints "READY <port>\n" once listening; serves clients one at a time (with `threads`: each on
+ * its own thread, concurrently), one request per line:
  *   BAR <text>\n  ->  RET <bar(text)> <served>\n   bar() copies text into a 10-byte stack buffer
  *   NUL <key>\n   ->  VAL <value> <served>\n       lookup_len() dereferences NULL for unknown keys
  *   DIV <n>\n     ->  DIV <100/n> <served>\n       divide() faults (SIGFPE) for n = 0
@@ -16,13 +17,14 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-unsigned long served;
+_Atomic unsigned long served;
 unsigned long bar_calls;
 
 struct entry { const char *key; const char *value; };
@@ -125,8 +127,17 @@ static void serve(int fd)
     }
 }
 
+static void *serve_thread(void *arg)
+{
+    int fd = (int)(long)arg;
+    serve(fd);
+    close(fd);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
+    int threads = argc > 2 && strcmp(argv[2], "threads") == 0;
     int port = argc > 1 ? atoi(argv[1]) : 0;
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     struct sockaddr_in a = {0};
@@ -144,8 +155,13 @@ int main(int argc, char **argv)
     fflush(stdout);
     for (;;) {
         int fd = accept(ls, NULL, NULL);
+        pthread_t t;
         if (fd < 0)
             continue;
+        if (threads && pthread_create(&t, NULL, serve_thread, (void *)(long)fd) == 0) {
+            pthread_detach(t);
+            continue;
+        }
         serve(fd);
         close(fd);
     }

@@ -44,6 +44,8 @@ const _memlogModule = (function () {
   const slabs = [];            // keeps every slab alive (Memory.alloc frees on GC)
   let unsupported = 0;         // stores the log cannot address (gs:, vector-indexed scatter)
   let refollows = 0;
+  let resumeStub = null;       // code a healed thread resumes at: re-enters Stalker (makeResumeStub)
+  let reenter = null;          // its NativeCallback
 
   function load() {
     if (cm !== null) return;
@@ -56,6 +58,7 @@ const _memlogModule = (function () {
       { exceptions: 'propagate' });
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
     excludeFrida();
+    makeResumeStub();
   }
 
   // Frida's agent is mapped from a memfd and hidden from enumerateModules(); its code must run
@@ -196,17 +199,65 @@ const _memlogModule = (function () {
     };
   }
 
+  // Takes effect when the current callback returns (Frida follows the calling thread from there).
+  // The event sink is a native no-op (no events are asked for): Frida's default JavaScript sink is
+  // stopped and drained on the JS thread, which raced with a follow right after an unfollow and
+  // crashed that thread.
+  function follow(st) {
+    Stalker.follow(st.threadId, { transform: st.transform, onEvent: cm.memlog_no_events });
+  }
+
+  // A heal resumes the thread at a real address (the on-leave trampoline, or raddress): outside
+  // Stalker's code cache, so the thread would run natively and unlogged from there on, including
+  // the rest of any open parent transaction. beforeResume() therefore stops following it (in the
+  // exception handler) and resumes it at this stub instead, with three words just below the new sp
+  // (the dead frame of the healed function): the real resume address, the gate's address and the
+  // gate's value. The stub calls reenter(), whose Stalker.follow() takes effect when the callback
+  // returns, so the rest of the stub already runs translated: it switches the gate back on (only
+  // now, so that Frida's code on the way out of the callback is never logged) and returns to the
+  // resume address inside Stalker. It preserves every general register, the flags and the SSE
+  // state: with -fipa-ra, gcc keeps values in caller-saved registers across a call to a function
+  // it knows does not clobber them, so the resume must look like the healed function's own return.
+  const RESUME_SLOTS = 3 * 8;
+  const STUB_SAVED = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12',
+    'r13', 'r14', 'r15'];
+  function makeResumeStub() {
+    reenter = new NativeCallback(() => {
+      const st = threads.get(Process.getCurrentThreadId());
+      if (st === undefined) return;
+      follow(st);
+      refollows++;
+    }, 'void', []);
+    resumeStub = Memory.alloc(Process.pageSize);
+    Memory.patchCode(resumeStub, 256, code => {
+      const w = new X86Writer(code, { pc: resumeStub });
+      const slots = 8 * (STUB_SAVED.length + 1);       // the three words, above what is pushed here
+      w.putLeaRegRegOffset('rsp', 'rsp', -RESUME_SLOTS);
+      w.putPushfx();
+      for (const r of STUB_SAVED) w.putPushReg(r);
+      w.putMovRegReg('rbx', 'rsp');
+      w.putAndRegU32('rsp', 0xfffffff0);
+      w.putLeaRegRegOffset('rsp', 'rsp', -512);
+      w.putBytes([0x0f, 0xae, 0x04, 0x24]);            // fxsave [rsp]
+      w.putMovRegAddress('rax', reenter);
+      w.putCallReg('rax');
+      w.putBytes([0x0f, 0xae, 0x0c, 0x24]);            // fxrstor [rsp]
+      w.putMovRegReg('rsp', 'rbx');
+      w.putMovRegRegOffsetPtr('rcx', 'rsp', slots + 8); // the gate's address
+      w.putMovRegRegOffsetPtr('rax', 'rsp', slots);     // its value
+      w.putMovRegPtrReg('rcx', 'rax');                 // translated now; the gate is still off
+      for (let i = STUB_SAVED.length - 1; i >= 0; i--) w.putPopReg(STUB_SAVED[i]);
+      w.putPopfx();
+      w.putLeaRegRegOffset('rsp', 'rsp', RESUME_SLOTS - 8);
+      w.putRet();                                      // to the resume address, sp as it was
+      w.flush();
+    });
+  }
+
   // Follow the calling thread (once) and give it a log. Must run on that thread (fs base).
   function enableThread(threadId, sp) {
     let st = threads.get(threadId);
-    if (st !== undefined) {
-      if (st.unfollowed) {
-        st.unfollowed = false;
-        Stalker.follow(threadId, { transform: transformFor(st) });
-        refollows++;
-      }
-      return st;
-    }
+    if (st !== undefined) return st;
     load();
     const log = Memory.alloc(LOG_STRUCT);
     const buf = Memory.alloc(logBytes);
@@ -214,9 +265,10 @@ const _memlogModule = (function () {
     log.add(F.cap).writeU64(logBytes);
     log.add(F.skipLo).writePointer(stackLow(sp || ptr(0)));
     log.add(F.fsBase).writePointer(cm._pthreadSelf());
-    st = { threadId, log, buf, markers: [], descs: new Map() };
+    st = { threadId, log, buf, markers: [], descs: new Map(), transform: null };
+    st.transform = transformFor(st);
     threads.set(threadId, st);
-    Stalker.follow(threadId, { transform: transformFor(st) });
+    follow(st);
     return st;
   }
 
@@ -265,13 +317,6 @@ const _memlogModule = (function () {
     else restored = cm._rollback(st.log, m.pos).toNumber();
     const complete = st.log.add(F.overflows).readU64().equals(m.overflows);
     setGate(st);
-    if (st.markers.length === 0) {
-      // A heal resumes the thread at a real address, outside Stalker's code cache (an abort at the
-      // epilogue returns through it). Either way: stop following here, and follow again at the
-      // next transaction, so the thread is never half in, half out.
-      Stalker.unfollow(tx.threadId);
-      st.unfollowed = true;
-    }
     if (!complete) {
       Sead.log('error', 'memlog-overflow', { tx: tx.id,
         why: `the log (${logBytes} bytes a thread) filled up: rollback is incomplete; raise memlog.bytes` });
@@ -293,6 +338,20 @@ const _memlogModule = (function () {
     return len.toNumber();
   }
 
+  // A fault was healed: `context` resumes the thread at its caller (see makeResumeStub). An abort
+  // at the epilogue needs nothing: the thread returns through Stalker's code as usual.
+  function beforeResume(tx, context) {
+    const st = threads.get(tx.threadId);
+    if (st === undefined) return;
+    Stalker.unfollow(tx.threadId);   // takes effect when the exception handler returns
+    const sp = context.sp;
+    sp.sub(8).writePointer(context.pc);
+    sp.sub(16).writePointer(st.log.add(F.on));
+    sp.sub(24).writeU64(st.markers.length > 0 ? 1 : 0);
+    st.log.add(F.on).writeU64(0);
+    context.pc = resumeStub;
+  }
+
   function stats() {
     const out = { threads: threads.size, refollows, logged: 0, loggedBytes: 0, skipped: 0, overflows: 0,
       unreadable: 0, restored: 0, unsupported, rollback: config.rollback !== false };
@@ -309,7 +368,7 @@ const _memlogModule = (function () {
     if (config.memlog && config.memlog.bytes) logBytes = config.memlog.bytes;
   }
 
-  return { configure, enableThread, mark, commit, rollback, gradual, stats };
+  return { configure, enableThread, mark, commit, rollback, gradual, beforeResume, stats };
 })();
 
 Sead.memlog = _memlogModule;
@@ -320,5 +379,6 @@ Sead.use({
   onTxBegin(tx) { _memlogModule.mark(tx); },
   onTxCommit(tx) { _memlogModule.commit(tx); },
   onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
+  beforeResume(tx, context) { _memlogModule.beforeResume(tx, context); },
   status() { return { memlog: _memlogModule.stats() }; },
 });

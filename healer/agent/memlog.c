@@ -167,3 +167,10 @@ memlog_rollback (MemLog *log, guint64 pos)
   log->restored += count;
   return count;
 }
+
+/* Stalker.follow's event sink (no events are asked for): a native sink instead of Frida's default
+ * JavaScript one, whose queue is drained and stopped on the JS thread. */
+void
+memlog_no_events (const void * event, void * cpu_context, void * user_data)
+{
+}

@@ -113,11 +113,12 @@ class Target:
 
 @pytest.fixture
 def memlog_target() -> Iterator:
-    """Factory: ``memlog_target(opt, mode)`` -> a running Target; all killed at teardown."""
+    """Factory: ``memlog_target(opt, mode, name="memlog_target")`` -> a running Target built from
+    targets/NAME.c; all killed at teardown."""
     made: list[Target] = []
 
-    def make(opt: str, mode: str) -> Target:
-        t = Target(build("memlog_target", opt=opt), mode)
+    def make(opt: str, mode: str, name: str = "memlog_target") -> Target:
+        t = Target(build(name, opt=opt), mode)
         made.append(t)
         return t
 

@@ -121,7 +121,6 @@ def test_the_policy_denies_every_exploit_and_valid_logins_still_work(protected, 
     for exploit in EXPLOITS + EXPLOITS:
         assert target.login(exploit) == b"DENIED\n"
         assert target.login(b"alice", b"wonderland") == b"OK welcome alice\n"
-    # (login may be healed too while the memory log misses nested repeated heals: NESTED_GAP)
     heals = target.heals("check_credentials", at_least=2 * len(EXPLOITS))
     assert len(heals) == 2 * len(EXPLOITS)
     assert all(h["source"] == "policy" and h["value"] == "0" and f"rp {rp} " in h["why"]
@@ -142,15 +141,9 @@ def test_figure3_leaves_no_memory_change_of_the_aborted_call(protected, exploit)
     assert target.state()[:2] == (3, 1)
 
 
-NESTED_GAP = pytest.mark.xfail(
-    strict=True, reason="memlog: after a heal of a nested transaction (check_credentials inside "
-    "supervised login) later stores are not logged (status memlog.restored stays flat); "
-    "20_memlog.js owner")
-
-
 @pytest.mark.parametrize("supervised", [
     pytest.param(("check_credentials",), id="root"),
-    pytest.param(CHAIN, id="nested", marks=NESTED_GAP),
+    pytest.param(CHAIN, id="nested"),
 ])
 def test_figure3_rolls_back_every_one_of_repeated_exploits(protected, supervised):
     target = protected(load(FIGURE3), supervised)

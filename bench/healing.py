@@ -4,9 +4,10 @@
    by error virtualization) against the same server's legitimate requests, interleaved on one
    connection; the difference of the medians (and p99s) is what a heal costs. The paper reports
    15 ms to interpret its repair policy per repair.
-2. Cost per supervised call: ``work()`` of targets/callbench.c called in a loop, native, then
-   supervised on the agent's C path (no plugin wants per-transaction JS hooks), then on its JS
-   path (plugins with JS onTxBegin/onTxLeave/onTxCommit loaded), all in one run.
+2. Cost per supervised call: ``work()`` of targets/callbench.c called in a loop, native, with an
+   empty Frida C listener (Frida's floor), supervised on the agent's C path (no plugin wants
+   per-transaction JS hooks), then on its JS path (plugins with JS onTxBegin/onTxLeave/onTxCommit
+   loaded), all in one run.
 
     python -m bench healing [--rounds N] [--calls N]
 """
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import frida
 import trio
 
 from healer.config import Options, build_config
@@ -77,11 +79,11 @@ async def _heal_latency(rounds: int) -> dict[str, Any]:
                 plain.append((t2 - t1) * 1e6)
     finally:
         target.close()
+    extra = [h - p for h, p in zip(heal, plain, strict=True)]  # per round: healed minus plain
     return {"rounds": rounds,
             "healed_request_us": {"median": statistics.median(heal), "p99": _pct(heal, 0.99)},
             "plain_request_us": {"median": statistics.median(plain), "p99": _pct(plain, 0.99)},
-            "heal_cost_us": {"median": statistics.median(heal) - statistics.median(plain),
-                             "p99": _pct(heal, 0.99) - _pct(plain, 0.99)}}
+            "heal_cost_us": {"median": statistics.median(extra), "p99": _pct(extra, 0.99)}}
 
 
 def _ns_per_call(target: _Target, calls: int) -> float:
@@ -89,10 +91,30 @@ def _ns_per_call(target: _Target, calls: int) -> float:
     return best / calls
 
 
+# Frida's own floor: an Interceptor listener whose C callbacks do nothing.
+_EMPTY_LISTENER = """
+const cm = new CModule('void e (void * ic) {} void l (void * ic) {}');
+Interceptor.attach(Process.mainModule.getExportByName('work'), { onEnter: cm.e, onLeave: cm.l });
+"""
+
+
+def _empty_listener_ns(target: _Target, calls: int) -> float:
+    session = frida.attach(target.proc.pid)
+    try:
+        script = session.create_script(_EMPTY_LISTENER)
+        script.load()
+        ns = _ns_per_call(target, calls)
+        script.unload()
+    finally:
+        session.detach()
+    return ns
+
+
 async def _call_cost(calls: int) -> dict[str, Any]:
     target = _Target(build("callbench", opt="-O2"))
     try:
         native = _ns_per_call(target, calls)
+        empty = await trio.to_thread.run_sync(_empty_listener_ns, target, calls)
         async with _supervised(target.proc.pid, ALL_PLUGINS):
             c_path = _ns_per_call(target, calls)
         # wire (onTxBegin/onTxCommit) and policy (onTxLeave) put every transaction through JS
@@ -102,6 +124,7 @@ async def _call_cost(calls: int) -> dict[str, Any]:
     finally:
         target.close()
     return {"calls": calls, "native_ns": native, "native_after_detach_ns": native_after,
+            "frida_empty_listener_ns": empty,
             "c_path_ns": c_path, "js_path_ns": js_path,
             "c_path_overhead_ns": c_path - native, "js_path_overhead_ns": js_path - native,
             "c_path_ratio": c_path / native, "js_path_ratio": js_path / native}
@@ -127,6 +150,8 @@ def main(argv: list[str]) -> int:
           f"{cost['js_path_ns']:.1f} ns ({cost['js_path_ratio']:.1f}x, "
           f"+{cost['js_path_overhead_ns']:.0f} ns); "
           f"native after detach {cost['native_after_detach_ns']:.1f} ns")
+    print(f"Frida's floor (empty C listener) {cost['frida_empty_listener_ns']:.1f} ns: the core's "
+          f"own bookkeeping is {cost['c_path_ns'] - cost['frida_empty_listener_ns']:.0f} ns a call")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"heal": heal, "call_cost": cost}, indent=2) + "\n")
     print(f"results: {RESULTS}")

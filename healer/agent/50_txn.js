@@ -28,6 +28,7 @@ Sead.txn = (() => {
   const stats = { heals: 0, refusals: 0, injected: 0, leaveAborts: 0, unsupervisedFaults: 0 };
   let cm = null;
   let threadOf = null;
+  let currentThread = null;
 
   function u64(p) { return p.readU64(); }
 
@@ -48,7 +49,7 @@ Sead.txn = (() => {
   }
 
   function framesOf(threadId) {
-    const t = threadOf(threadId, 0);
+    const t = threadId === Process.getCurrentThreadId() ? currentThread(threadId) : threadOf(threadId, 0);
     if (t.isNull()) return [];
     const n = t.add(T.n).readU64().toNumber();
     const out = [];
@@ -123,7 +124,8 @@ Sead.txn = (() => {
   function describe(tx, fault, choice) {
     return { function: tx.fn.name, tx: tx.id, thread: tx.threadId, kind: fault.kind,
       address: fault.address ? fault.address.toString() : null, detail: fault.detail || null,
-      value: choice.value.toString(), source: choice.source, why: choice.why };
+      value: choice.value.toString(), source: choice.source, why: choice.why,
+      shadowStack: fault.shadowStack || null, rollback: fault.memlog || null };
   }
 
   // --- repair at a fault: called by the exception handler (60_detectors.js) ---------------------
@@ -261,6 +263,7 @@ Sead.txn = (() => {
     const symbols = Object.assign({ cfg, threads, native_hooks: nativeHooks }, callbacks);
     cm = new CModule(CSOURCE['txn.c'], symbols);
     threadOf = new NativeFunction(cm.sead_thread, 'pointer', ['uint64', 'int']);
+    currentThread = new NativeFunction(cm.sead_current_thread, 'pointer', ['uint64']);
     cfg.add(C.rng).writeU64(uint64('0x9e3779b97f4a7c15'));
     configure(config);
   }

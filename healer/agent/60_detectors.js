@@ -39,7 +39,7 @@ Sead.detectors = (() => {
 
   function init() {
     const libc = Process.getModuleByName('libc.so.6');
-    const symbols = { sead_thread: Sead.txn.module().sead_thread, gettid: libc.getExportByName('gettid') };
+    const symbols = { sead_current_thread: Sead.txn.module().sead_current_thread, gettid: libc.getExportByName('gettid') };
     const targets = [];
     for (const [name, stub, orig] of FATAL) {
       const addr = libc.findExportByName(name);

@@ -10,14 +10,14 @@
 
 typedef void (* Fatal) (void);
 
-extern gpointer sead_thread (guint64 tid, int create);
+extern gpointer sead_current_thread (guint64 tid);
 extern int gettid (void);
 extern Fatal orig_stack_chk, orig_chk, orig_fortify, orig_abort;
 
 static int
 supervised (void)
 {
-  guint64 * t = (guint64 *) sead_thread ((guint64) gettid (), 0);
+  guint64 * t = (guint64 *) sead_current_thread ((guint64) gettid ());
   return t != NULL && t[2] != 0; /* Thread.n: open transactions */
 }
 

@@ -39,7 +39,7 @@ typedef struct {
   guint64 tid;
   gint64 input_depth; /* interceptor depth of the last input call, -1 before any */
   guint64 n;
-  guint64 pad;
+  guint64 key;        /* thread_key() */
   Frame f[MAX_FRAMES];
 } Thread;
 
@@ -54,6 +54,7 @@ typedef struct {
 
 typedef struct {
   guint64 frame; /* Frame* while supervised, else 0 */
+  Thread * thread;
 } Invocation;
 
 /* C hooks of plugins (Sead.txn.addNativeHooks): called on the hot path without entering JS. */
@@ -91,31 +92,65 @@ atomic_cas (guint64 * p, guint64 old, guint64 new_value)
   return prev == old;
 }
 
-/* Each thread's slot, found by open addressing on the thread id; claimed with a CAS. */
-Thread *
-sead_thread (guint64 tid, int create)
+/* This thread's control block address (%fs:0 on x86-64 glibc): a per-thread key that costs one
+ * load, where asking Gum for the thread id costs ~70 ns a call. */
+static guint64
+thread_key (void)
 {
+  guint64 k;
+  __asm__ ("movq %%fs:0, %0" : "=r" (k));
+  return k;
+}
+
+/* Each thread's slot, found by open addressing on its key and claimed with a CAS. */
+static Thread *
+thread_slot (GumInvocationContext * ic, int create)
+{
+  guint64 key = thread_key ();
   guint i, k;
   for (k = 0; k < MAX_THREADS; k++)
   {
     Thread * t;
-    i = (guint) ((tid + k) % MAX_THREADS);
+    i = (guint) (((key >> 12) + k) % MAX_THREADS);
     t = &threads[i];
-    if (t->tid == tid)
+    if (t->key == key)
       return t;
-    if (t->tid == 0)
+    if (t->key == 0)
     {
       if (!create)
         return NULL;
-      if (atomic_cas (&t->tid, 0, tid))
+      if (atomic_cas (&t->key, 0, key))
       {
         t->input_depth = -1;
+        t->tid = ic != NULL ? gum_invocation_context_get_thread_id (ic) : 0;
         return t;
       }
-      if (t->tid == tid)
+      if (t->key == key)
         return t;
     }
   }
+  return NULL;
+}
+
+/* The calling thread's slot, its tid refreshed (glibc reuses a dead thread's control block, and
+ * with it the key, for a new thread). For JS on the thread itself and the fatal stubs. */
+Thread *
+sead_current_thread (guint64 tid)
+{
+  Thread * t = thread_slot (NULL, 1);
+  if (t != NULL)
+    t->tid = tid;
+  return t;
+}
+
+/* The slot of thread `tid` seen from another thread (JS status, rare: a scan is fine). */
+Thread *
+sead_thread (guint64 tid, int create)
+{
+  guint i;
+  for (i = 0; i < MAX_THREADS; i++)
+    if (threads[i].key != 0 && threads[i].tid == tid)
+      return &threads[i];
   return NULL;
 }
 
@@ -153,8 +188,8 @@ on_enter (GumInvocationContext * ic)
   FnInfo * fn = GUM_IC_GET_FUNC_DATA (ic, FnInfo *);
   Invocation * inv = GUM_IC_GET_INVOCATION_DATA (ic, Invocation);
   GumCpuContext * c = ic->cpu_context;
-  guint64 tid = gum_invocation_context_get_thread_id (ic);
-  guint depth = gum_invocation_context_get_depth (ic);
+  guint depth;
+  guint64 tid;
   Thread * t;
   Frame * f;
   int sup;
@@ -163,9 +198,11 @@ on_enter (GumInvocationContext * ic)
   inv->frame = 0;
   if (!cfg.enabled)
     return;
-  t = sead_thread (tid, 1);
+  t = thread_slot (ic, 1);
   if (t == NULL)
     return;
+  tid = t->tid;
+  depth = cfg.mode == MODE_COSAK ? gum_invocation_context_get_depth (ic) : 0;
   /* Frames whose entry sp lies at or below ours were returned past without their epilogue
    * (longjmp, or a smashed return address that still pointed into code): drop and count them. */
   while (t->n > 0 && t->f[t->n - 1].sp <= c->rsp)
@@ -209,6 +246,7 @@ on_enter (GumInvocationContext * ic)
     f->inject = INJ_RANDOM;
   t->n++;
   inv->frame = (guint64) f;
+  inv->thread = t;
   atomic_inc (&cfg.supervised);
   fn->calls++;
   for (i = 0; i < cfg.n_native; i++)
@@ -250,8 +288,8 @@ on_leave (GumInvocationContext * ic)
     js_return (fn, gum_invocation_context_get_thread_id (ic), retval);
   if (f == NULL)
     return;
-  tid = gum_invocation_context_get_thread_id (ic);
-  t = sead_thread (tid, 0);
+  t = inv->thread;
+  tid = t->tid;
   if (f->state == ST_OPEN && !f->inject && !callee_saved_intact (f, ic->cpu_context))
   {
     /* Shadow stack: a function must give its caller back rbx, rbp, r12-r15. An overflow that
@@ -272,7 +310,7 @@ on_leave (GumInvocationContext * ic)
       if (native_hooks[i].commit != NULL)
         native_hooks[i].commit (f, tid);
   /* pop this frame and anything above it that a heal already resolved */
-  if (t != NULL && t->n > 0 && f >= &t->f[0] && f < &t->f[t->n])
+  if (t->n > 0 && f >= &t->f[0] && f < &t->f[t->n])
     t->n = (guint64) (f - &t->f[0]);
 }
 
@@ -287,11 +325,11 @@ on_input_enter (GumInvocationContext * ic)
 void
 on_input_leave (GumInvocationContext * ic)
 {
-  guint64 tid = gum_invocation_context_get_thread_id (ic);
-  Thread * t = sead_thread (tid, 1);
-  if (t != NULL)
-    t->input_depth = gum_invocation_context_get_depth (ic);
+  Thread * t = thread_slot (ic, 1);
+  if (t == NULL)
+    return;
+  t->input_depth = gum_invocation_context_get_depth (ic);
   if (cfg.js_input)
-    js_input (tid, GUM_IC_GET_INVOCATION_DATA (ic, Invocation)->frame,
+    js_input (t->tid, GUM_IC_GET_INVOCATION_DATA (ic, Invocation)->frame,
         (gint64) gum_invocation_context_get_return_value (ic));
 }

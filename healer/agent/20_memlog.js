@@ -1,8 +1,9 @@
 // The memory log and rollback (Sead.memlog), STEM section 3.3.1, with gradual commits (section 5).
 //
 // A thread is followed by Stalker once, on its first supervised call, and stays followed: follow/
-// unfollow per call re-translates every block (~1.75 ms a call); only a heal (which resumes the
-// thread outside the code cache) makes it follow again. Logging is gated per thread: the gate is on
+// unfollow per call re-translates every block (~1.75 ms a call); only a heal at a fault (which
+// resumes the thread outside the code cache) makes it follow again, at once, through a resume stub
+// (makeResumeStub), so an open parent transaction and every later one stay logged. Logging is gated per thread: the gate is on
 // only while a supervised transaction is open, and it is switched from the core's hooks, which run
 // in Frida's own (excluded, hence native) code, so Frida's writes are never logged. Every
 // instruction with a memory destination gets an inline call of memlog_store (memlog.c) that copies
@@ -44,6 +45,7 @@ const _memlogModule = (function () {
   const slabs = [];            // keeps every slab alive (Memory.alloc frees on GC)
   let unsupported = 0;         // stores the log cannot address (gs:, vector-indexed scatter)
   let refollows = 0;
+  const fridaCode = [];        // [lo, hi) of Frida's executable mappings
   let resumeStub = null;       // code a healed thread resumes at: re-enters Stalker (makeResumeStub)
   let reenter = null;          // its NativeCallback
 
@@ -62,7 +64,9 @@ const _memlogModule = (function () {
   }
 
   // Frida's agent is mapped from a memfd and hidden from enumerateModules(); its code must run
-  // natively (it is where the hooks' JavaScript and the exception handler execute).
+  // natively (it is where the hooks' JavaScript and the exception handler execute). Exclusion only
+  // applies to calls: right after a follow, the rest of Frida's own callback runs translated until
+  // it returns, so the transform also leaves its instructions unlogged (fridaCode).
   function excludeFrida() {
     const maps = File.readAllText('/proc/self/maps').split('\n');
     for (const line of maps) {
@@ -70,7 +74,12 @@ const _memlogModule = (function () {
       if (!/frida-agent/.test(line) || fields[1][2] !== 'x') continue;
       const [lo, hi] = line.split(' ')[0].split('-').map(x => ptr('0x' + x));
       Stalker.exclude({ base: lo, size: hi.sub(lo).toUInt32() });
+      fridaCode.push([lo, hi]);
     }
+  }
+
+  function inFridaCode(address) {
+    return fridaCode.some(([lo, hi]) => address.compare(lo) >= 0 && address.compare(hi) < 0);
   }
 
   function stackLow(sp) {
@@ -190,7 +199,7 @@ const _memlogModule = (function () {
         const key = insn.address.toString();
         let d = st.descs.get(key);
         if (d === undefined) {
-          d = describe(insn, st);
+          d = inFridaCode(insn.address) ? null : describe(insn, st);
           st.descs.set(key, d);
         }
         if (d !== null) putStoreLog(iterator, d);

@@ -74,3 +74,16 @@ def test_without_rollback_the_parent_writes_stay(memlog_target):
     after = regions(target.command("nest 1 1"))
     assert after["parent"] != before["parent"] and after["inner"] != before["inner"]
     assert heals(script) == 2
+
+
+def test_frida_code_run_after_a_follow_is_never_logged(memlog_target):
+    """The first transaction follows the thread from inside Frida's callback, which finishes
+    translated: it must log exactly the stores a later identical transaction logs."""
+    target = memlog_target("-O2", "attach", "memlog_nested")
+    script, _ = protect(target)
+    logged = []
+    for _ in range(3):
+        target.command("nest 0 0")
+        logged.append(script.exports_sync.status()["memlog"]["logged"])
+    first, second, third = logged[0], logged[1] - logged[0], logged[2] - logged[1]
+    assert first == second == third > 0, logged

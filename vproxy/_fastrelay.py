@@ -53,7 +53,8 @@ class Handover:
         reason: ``done`` (both directions ended), ``guard``/``hold`` (output must be held from
             now on) or ``error``.
         unsent: per direction (INPUT, OUTPUT), bytes relayed unheld whose send had not finished:
-            the task path sends them first, never holds them.
+            the task path sends them first, never holds them. (Output's are handed to the link
+            at once, ``Link.unheld_output``: they go out before anything released.)
         pending: per direction, bytes read at the hand-over and not sent (output: to be held).
         ended: per direction, True when its EOF was seen and passed on (half-close).
         error: the OSError for ``error``.
@@ -150,6 +151,8 @@ class FastRelay:
         for side in handover.sides:  # now: level-triggered, they would be reported again
             if side.blocked:
                 handover.unsent[side.direction] = side.blocked
+                if side.direction == OUTPUT:
+                    side.link.unheld_output(side.blocked)
                 side.blocked = b""
             for table, fd in ((self._readers, side.src_fd), (self._writers, side.dst_fd)):
                 if table.get(fd) is side:
@@ -197,8 +200,9 @@ class FastRelay:
             self._writers[side.dst_fd] = side
             self._watch(side.dst_fd)
             self._watch(side.src_fd)
-        # last: this may make the link leave (its blocked bytes then go to the task path)
-        side.link.passed(side.direction == OUTPUT, memoryview(data)[:sent])
+        if side.direction == INPUT:  # (output was counted when read: see ``_move``)
+            # last: this may make the link leave (its blocked bytes then go to the task path)
+            side.link.passed(False, memoryview(data)[:sent])
         return True
 
     def _unblock(self, side: _Side) -> None:
@@ -233,4 +237,8 @@ class FastRelay:
             if link.held_output(view[:n]):  # over the hold's byte bound: stop reading
                 self._finish(handover, "backpressure")
             return
+        if side.direction == OUTPUT:
+            # counted now, sent or not: a hold that starts while part of it waits for the peer
+            # starts after it (these bytes are the server's output offsets before the hold)
+            link.passed(True, view[:n])
         self._send(side, view[:n])

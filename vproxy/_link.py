@@ -73,6 +73,7 @@ class Link:
         self._peer: socket.socket | None = None  # where the server's output goes
         self._handover: Handover | None = None  # set while on the fast path
         self._backlog: list[bytes | Mark] = []  # released by ``kick``, not sent yet
+        self._unheld = b""  # output relayed unheld before a hold, not sent yet: goes out first
         self._closing = False  # a policy closed the link: nothing more goes out
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -122,8 +123,8 @@ class Link:
                 if not handover.ended[INPUT]:  # input is never held: unsent first, then on
                     nursery.start_soon(self._input, peer, server,
                                        handover.unsent[INPUT] + handover.pending[INPUT])
-                nursery.start_soon(self._output, server, peer, handover.unsent[OUTPUT],
-                                   handover.pending[OUTPUT], handover.ended[OUTPUT])
+                nursery.start_soon(self._output, server, peer, handover.pending[OUTPUT],
+                                   handover.ended[OUTPUT])
         except* OSError as group:
             self._reset(group.exceptions[0])
         finally:
@@ -209,6 +210,17 @@ class Link:
         stats.trim()
         return len(hold.buf) > self.gateway.config.hold_bytes
 
+    def unheld_output(self, data: bytes) -> None:
+        """Output the fast path relayed unheld (and counted) but could not send yet: it goes out
+        before anything a hold releases, whatever the guard says."""
+        self._unheld += data
+
+    async def _send_unheld(self, peer: socket.socket) -> None:
+        """Send ``_unheld`` (the caller holds the peer lock)."""
+        if self._unheld:
+            data, self._unheld = self._unheld, b""
+            await _sockio.send_all(peer, data)
+
     def output_ended(self) -> None:
         """The server closed its output (fast path): the writer passes the EOF on once nothing
         is held any more."""
@@ -237,8 +249,8 @@ class Link:
 
     # --- output: from the server ---------------------------------------------------------------
 
-    async def _output(self, server: socket.socket, peer: socket.socket, unsent: bytes,
-                      first: bytes, ended: bool) -> None:
+    async def _output(self, server: socket.socket, peer: socket.socket, first: bytes,
+                      ended: bool) -> None:
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         fair = _sockio.Yielder()
@@ -246,11 +258,8 @@ class Link:
         stats = gateway.stats
         lock = self._to_peer_lock
         limit = gateway.config.hold_bytes
-        if unsent:  # relayed unheld before the hand-over: it goes out, whatever the guard says
-            async with lock:
-                await _sockio.send_all(peer, unsent)
-            self.out_offset += len(unsent)
-            stats.bytes_passed += len(unsent)
+        async with lock:  # (unless the writer sent it already)
+            await self._send_unheld(peer)
         while not ended:
             while self.hold is not None and len(self.hold.buf) > limit:
                 self._drained = trio.Event()
@@ -304,9 +313,11 @@ class Link:
         hold, peer = self.hold, self._peer
         if self._closing:
             return
-        if hold is not None and not hold.buf and not hold.marks and not self._backlog:
+        if hold is not None and not hold.buf and not hold.marks and not self._backlog \
+                and not self._unheld:
             return  # nothing arrived to release (events usually precede their bytes)
-        if hold is None or peer is None or self._backlog or self._to_peer_lock.locked():
+        if hold is None or peer is None or self._backlog or self._unheld \
+                or self._to_peer_lock.locked():
             self._wake.set()
             return
         items = self._pump(hold, time.monotonic())
@@ -384,7 +395,8 @@ class Link:
             hold = self.hold
             if hold is not None:
                 await self._flush(peer, hold, time.monotonic())
-            if self._server_eof and (self.hold is None or not self.hold.pending()):
+            if self._server_eof and not self._unheld and \
+                    (self.hold is None or not self.hold.pending()):
                 _sockio.shutdown_write(peer)
                 return
 
@@ -409,6 +421,7 @@ class Link:
         except trio.WouldBlock:
             await lock.acquire()
         try:
+            await self._send_unheld(peer)
             items, self._backlog = [*self._backlog, *self._pump(hold, now)], []
             while items:
                 await self._send_items(peer, items)

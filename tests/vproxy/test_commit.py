@@ -435,3 +435,28 @@ async def test_committed_bulk_output_to_a_slow_client_stays_ordered(start_gatewa
         got = await net.recv_exactly(client, len(payload))
     assert got == payload
     assert serving.gateway.stats.bounds_fired == 0
+
+
+async def test_guard_during_a_blocked_transfer_keeps_exact_offsets(start_gateway, upstream, net):
+    """As above, but the release watermark stops 10 bytes short: exactly those stay held, so the
+    hold counts offsets from the true end of what went out unheld (unsent bytes included)."""
+    serving = await start_gateway()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    payload = bytes(range(251)) * (64 * 1024)
+    stats = serving.gateway.stats
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.send, server, payload)
+        passed = -1
+        with trio.fail_after(10):
+            while stats.bytes_passed != passed:  # until the relay is blocked
+                passed = stats.bytes_passed
+                await trio.sleep(0.1)
+        ctl = await ScriptedController.connect(serving.control)
+        await ctl.send(Guard(), conn_of(1, server), Release(1, len(payload) - 10))
+        await ctl.sync()
+        got = await net.recv_exactly(client, len(payload) - 10)
+        assert got == payload[:-10]
+        await net.assert_silent(client)
+        await ctl.send(Release(1, len(payload)))
+        assert await net.recv_exactly(client, 10) == payload[-10:]

@@ -46,6 +46,13 @@ Sead.coverage = (() => {
     for (const e of main.enumerateExports()) {
       if (e.type === 'function' && !NOT_FUNCTIONS.has(e.name)) register(e.name, e.address, 0, 'export');
     }
+    // Imports are listed and can be named in a LIST, alerted or injected; ALL and COSAK cover the
+    // executable's own functions only (hooking strlen and friends would supervise libc).
+    for (const i of main.enumerateImports()) {
+      if (i.type === 'function' && i.address && !byAddr.has(i.address.toString())) {
+        register(i.name, i.address, 0, 'import');
+      }
+    }
     infos = Memory.alloc(Sead.txn.FN_INFO_SIZE * (fns.length + 256));
     fns.forEach((fn, i) => attachInfo(fn, i));
   }
@@ -148,10 +155,11 @@ Sead.coverage = (() => {
     check(next);
     Sead.txn.setEnabled(false);
     const chosen = new Set();
-    if (next.mode === 'all' || next.mode === 'cosak') fns.forEach(f => chosen.add(f));
+    const own = fns.filter(f => f.origin === 'symbol' || f.origin === 'export');
+    if (next.mode === 'all' || next.mode === 'cosak') own.forEach(f => chosen.add(f));
     if (next.mode === 'random') {
       const pct = next.percent === undefined ? 50 : next.percent;
-      for (const f of fns) if (Math.random() * 100 < pct) chosen.add(f);
+      for (const f of own) if (Math.random() * 100 < pct) chosen.add(f);
     }
     if (next.mode === 'list') for (const n of next.functions || []) chosen.add(resolve(n));
     for (const f of fns) if (f.info.add(INFO.inject).readU64().toNumber() !== 0 || f.forced) chosen.add(f);
@@ -207,7 +215,9 @@ Sead.coverage = (() => {
 
   function status() {
     const hooked = fns.filter(f => f.listener !== null);
-    return { mode: spec.mode, depth: spec.depth, percent: spec.percent, discovered: fns.length,
+    return { mode: spec.mode, depth: spec.depth, percent: spec.percent,
+      discovered: fns.filter(f => f.origin === 'symbol' || f.origin === 'export').length,
+      imports: fns.filter(f => f.origin === 'import').length,
       hooked: hooked.length, noTrampoline: hooked.filter(f => f.trampoline === null).map(f => f.name),
       unhookable: unhookable.slice(),
       calls: hooked.map(f => [f.name, f.info.add(INFO.calls).readU64().toNumber()]).filter(c => c[1] > 0) };

@@ -134,3 +134,20 @@ def test_forking_server_child_forked_after_attach_is_healed(start_server, start_
     assert all(e["function"] == "bar" for e in heals)
     assert server.pid not in {e["pid"] for e in heals}  # healed in the children
     assert server.alive()
+
+
+def test_random_fault_injection(fig1_exes, start_server, start_healer, tmp_path):
+    listing = tmp_path / "functions.txt"
+    listing.write_text("lookup_len\n")
+    server = start_server(fig1_exes[("-O2", True)])
+    healer = start_healer("attach", str(server.pid), "--coverage", f"list:{listing}",
+                          "--disable-plugin", "memlog").ready()
+    assert _status(healer, server.pid)["coverage"]["imports"] > 0  # listed, not hooked
+    client = server.connect()
+    assert healer.cli("inject", str(server.pid), "--probability", "1").returncode == 0
+    for n in range(1, 21):
+        assert client.ask("NUL alpha") == f"VAL -1 {n}"
+    assert healer.cli("inject", str(server.pid), "--probability", "0").returncode == 0
+    assert client.ask("NUL alpha") == "VAL 3 21"
+    injects = healer.wait_count("inject", 20)
+    assert {e["mode"] for e in injects} == {"random"}

@@ -218,16 +218,16 @@ const _memlogModule = (function () {
 
   // A heal resumes the thread at a real address (the on-leave trampoline, or raddress): outside
   // Stalker's code cache, so the thread would run natively and unlogged from there on, including
-  // the rest of any open parent transaction. beforeResume() therefore stops following it (in the
-  // exception handler) and resumes it at this stub instead, with three words just below the new sp
-  // (the dead frame of the healed function): the real resume address, the gate's address and the
-  // gate's value. The stub calls reenter(), whose Stalker.follow() takes effect when the callback
-  // returns, so the rest of the stub already runs translated: it switches the gate back on (only
+  // the rest of the open parent transaction. beforeResume() therefore stops following it (in the
+  // exception handler) and resumes it at this stub instead, with two words just below the new sp
+  // (the dead frame of the healed function): the real resume address and the gate's address. The
+  // stub calls reenter(), whose Stalker.follow() takes effect when the callback returns, so the
+  // rest of the stub already runs translated: it switches the gate back on (only
   // now, so that Frida's code on the way out of the callback is never logged) and returns to the
   // resume address inside Stalker. It preserves every general register, the flags and the SSE
   // state: with -fipa-ra, gcc keeps values in caller-saved registers across a call to a function
   // it knows does not clobber them, so the resume must look like the healed function's own return.
-  const RESUME_SLOTS = 3 * 8;
+  const RESUME_SLOTS = 2 * 8;
   const STUB_SAVED = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12',
     'r13', 'r14', 'r15'];
   function makeResumeStub() {
@@ -240,7 +240,7 @@ const _memlogModule = (function () {
     resumeStub = Memory.alloc(Process.pageSize);
     Memory.patchCode(resumeStub, 256, code => {
       const w = new X86Writer(code, { pc: resumeStub });
-      const slots = 8 * (STUB_SAVED.length + 1);       // the three words, above what is pushed here
+      const slots = 8 * (STUB_SAVED.length + 1);       // the two words, above what is pushed here
       w.putLeaRegRegOffset('rsp', 'rsp', -RESUME_SLOTS);
       w.putPushfx();
       for (const r of STUB_SAVED) w.putPushReg(r);
@@ -252,9 +252,9 @@ const _memlogModule = (function () {
       w.putCallReg('rax');
       w.putBytes([0x0f, 0xae, 0x0c, 0x24]);            // fxrstor [rsp]
       w.putMovRegReg('rsp', 'rbx');
-      w.putMovRegRegOffsetPtr('rcx', 'rsp', slots + 8); // the gate's address
-      w.putMovRegRegOffsetPtr('rax', 'rsp', slots);     // its value
-      w.putMovRegPtrReg('rcx', 'rax');                 // translated now; the gate is still off
+      w.putMovRegRegOffsetPtr('rcx', 'rsp', slots);     // the gate's address
+      w.putMovRegU32('eax', 1);
+      w.putMovRegPtrReg('rcx', 'rax');                 // gate on: translated now, the gate still off
       for (let i = STUB_SAVED.length - 1; i >= 0; i--) w.putPopReg(STUB_SAVED[i]);
       w.putPopfx();
       w.putLeaRegRegOffset('rsp', 'rsp', RESUME_SLOTS - 8);
@@ -266,7 +266,14 @@ const _memlogModule = (function () {
   // Follow the calling thread (once) and give it a log. Must run on that thread (fs base).
   function enableThread(threadId, sp) {
     let st = threads.get(threadId);
-    if (st !== undefined) return st;
+    if (st !== undefined) {
+      if (st.unfollowed) {
+        st.unfollowed = false;
+        follow(st);
+        refollows++;
+      }
+      return st;
+    }
     load();
     const log = Memory.alloc(LOG_STRUCT);
     const buf = Memory.alloc(logBytes);
@@ -274,7 +281,7 @@ const _memlogModule = (function () {
     log.add(F.cap).writeU64(logBytes);
     log.add(F.skipLo).writePointer(stackLow(sp || ptr(0)));
     log.add(F.fsBase).writePointer(cm._pthreadSelf());
-    st = { threadId, log, buf, markers: [], descs: new Map(), transform: null };
+    st = { threadId, log, buf, markers: [], descs: new Map(), transform: null, unfollowed: false };
     st.transform = transformFor(st);
     threads.set(threadId, st);
     follow(st);
@@ -347,16 +354,22 @@ const _memlogModule = (function () {
     return len.toNumber();
   }
 
-  // A fault was healed: `context` resumes the thread at its caller (see makeResumeStub). An abort
-  // at the epilogue needs nothing: the thread returns through Stalker's code as usual.
+  // A fault was healed: `context` resumes the thread at its caller. With a parent transaction
+  // still open, the thread must be followed again at once (makeResumeStub). With none, nothing
+  // needs logging until the next transaction, which follows the thread again (enableThread): the
+  // code it runs meanwhile is not translated again for nothing (root heals/s 3.7x the eager way).
+  // An abort at the epilogue needs neither: the thread returns through Stalker's code as usual.
   function beforeResume(tx, context) {
     const st = threads.get(tx.threadId);
     if (st === undefined) return;
     Stalker.unfollow(tx.threadId);   // takes effect when the exception handler returns
+    if (st.markers.length === 0) {
+      st.unfollowed = true;
+      return;
+    }
     const sp = context.sp;
     sp.sub(8).writePointer(context.pc);
     sp.sub(16).writePointer(st.log.add(F.on));
-    sp.sub(24).writeU64(st.markers.length > 0 ? 1 : 0);
     st.log.add(F.on).writeU64(0);
     context.pc = resumeStub;
   }

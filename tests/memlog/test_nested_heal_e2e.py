@@ -4,7 +4,8 @@ open parent transaction and every later transaction on the thread is logged comp
 - nested: the child (inner) faults and is healed, the parent (outer) then writes (globals, heap
   through memcpy/memset, its caller's frame) and faults: every byte of both is back.
 - repeated: 50 rounds of that on one thread (100 heals), at -O0 and -O2, each round checked.
-- root heals followed by a nested transaction whose parent aborts: nothing escapes either.
+- root heals, and nested heals whose parent commits, each followed by a nested transaction whose
+  parent aborts: nothing of the aborted one escapes either (another 200 heals).
 With rollback disabled the same run leaves the parent's writes in place (the test can fail).
 """
 
@@ -61,7 +62,10 @@ def test_fifty_heals_in_a_row_each_followed_by_writes_all_restored(memlog_target
         assert regions(line) == before, (i, line)
         line = target.command("nest 0 1")          # ... then a later transaction that aborts
         assert regions(line) == before, (i, line)
-    assert heals(script) == 4 * ROUNDS
+        before = regions(target.command("nest 1 0"))  # a nested heal, the parent commits ...
+        line = target.command("nest 0 1")          # ... then a later transaction that aborts
+        assert regions(line) == before, (i, line)
+    assert heals(script) == 6 * ROUNDS
     stats = script.exports_sync.status()["memlog"]
     assert stats["overflows"] == 0 and stats["restored"] > 0
     assert target.alive()

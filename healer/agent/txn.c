@@ -203,9 +203,10 @@ on_enter (GumInvocationContext * ic)
     return;
   tid = t->tid;
   depth = cfg.mode == MODE_COSAK ? gum_invocation_context_get_depth (ic) : 0;
-  /* Frames whose entry sp lies at or below ours were returned past without their epilogue
-   * (longjmp, or a smashed return address that still pointed into code): drop and count them. */
-  while (t->n > 0 && t->f[t->n - 1].sp <= c->rsp)
+  /* Frames whose entry sp lies below ours were returned past without their epilogue (longjmp,
+   * or a smashed return address that still pointed into code): drop and count them. An equal sp
+   * is a tail call (jmp) reusing the caller's return slot: that frame is still open. */
+  while (t->n > 0 && t->f[t->n - 1].sp < c->rsp)
   {
     t->n--;
     atomic_inc (&cfg.stale);

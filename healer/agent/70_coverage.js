@@ -106,6 +106,12 @@ Sead.coverage = (() => {
       note(fn, `${fn.size} bytes: too small for a 5-byte jump`);
       return false;
     }
+    // A function that is only `jmp elsewhere` (e.g. `ap_strchr_c: jmp strchr@plt`): Frida follows
+    // the jump and would hook the target (libc's strchr) for every caller in the process.
+    if (fn.origin !== 'import' && Instruction.parse(fn.address).mnemonic === 'jmp') {
+      note(fn, 'a jump thunk: hooking it would hook its target for every caller');
+      return false;
+    }
     try {
       fn.listener = Interceptor.attach(fn.address, Sead.txn.listener(), fn.info);
     } catch (e) {

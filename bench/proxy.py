@@ -19,6 +19,7 @@ to ``bench/results/proxy.json``.
 
     python -m bench proxy
     python -m bench.proxy --rounds 5 --seconds 5
+    python -m bench.proxy --rounds 1 --configs vproxy-guarded --profile   # where the time goes
 
 Where the time went (py-spy, utime/stime of the proxy; 2 shared cores, so CPU per request is the
 figure to trust, wall ratios move by +-0.1 from run to run):
@@ -341,7 +342,48 @@ def event_latency(samples: int = 2000) -> dict[str, float]:
     return {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)]}
 
 
-def run(rounds: int, seconds: int, configs: list[str]) -> dict[str, list[dict[str, float]]]:
+@contextlib.contextmanager
+def _profiled(name: str, pid: int | None, seconds: int, enabled: bool) -> Iterator[None]:
+    """With ``enabled``: py-spy samples the gateway process while the body runs; its hottest
+    lines (own time, idle waits left out) are printed and the raw samples kept in bench/results."""
+    venv_bin = str(Path(sys.executable).parent)
+    spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=venv_bin)
+    if not enabled or pid is None or not name.startswith("vproxy") or spy_bin is None:
+        yield
+        return
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"proxy-profile-{name}.txt"
+    spy = subprocess.Popen([spy_bin, "record", "-p", str(pid), "-d", str(seconds), "-r", "250",
+                            "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        try:
+            spy.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(5)
+    _print_profile(out)
+
+
+def _print_profile(path: Path, top: int = 12) -> None:
+    own: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            leaf = stack.rsplit(";", 1)[-1]
+            if "get_events" in leaf or not count.isdigit():  # trio idle in epoll_wait
+                continue
+            total += int(count)
+            own[leaf] = own.get(leaf, 0) + int(count)
+    for leaf, samples in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"      {100 * samples / max(1, total):5.1f}%  {leaf}")
+
+
+def run(rounds: int, seconds: int, configs: list[str],
+        profile: bool = False) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
     workdir = Path(tempfile.mkdtemp(prefix="sead-bench-proxy-"))
     try:
@@ -352,7 +394,8 @@ def run(rounds: int, seconds: int, configs: list[str]) -> dict[str, list[dict[st
                     with _target(name, workdir, lengths) as (port, pid):
                         _wrk(port, 1)  # warm-up: connections, caches
                         cpu0 = _cpu(pid)
-                        res = _wrk(port, seconds)
+                        with _profiled(name, pid, seconds, profile and r == 0):
+                            res = _wrk(port, seconds)
                         res["cpu_us_per_req"] = (_cpu(pid) - cpu0) * 1e6 / max(1, res["requests"])
                     results[name].append(res)
                     print(f"  round {r + 1} {name:19} {res['rps']:9.0f} req/s  p50 "
@@ -388,6 +431,9 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true",
+                        help="sample each gateway with py-spy during its first round and print "
+                             "its hottest lines (raw samples: bench/results/proxy-profile-*.txt)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated subset of {', '.join(CONFIGS)}")
     args = parser.parse_args(argv)
@@ -401,7 +447,7 @@ def main(argv: list[str]) -> int:
             return 1
     print(f"wrk -t1 -c8 keep-alive GET {PATH}, {args.rounds} rounds x {args.seconds} s, "
           f"alternating {', '.join(configs)}")
-    med: dict[str, Any] = summarize(run(args.rounds, args.seconds, configs))
+    med: dict[str, Any] = summarize(run(args.rounds, args.seconds, configs, args.profile))
     print_table(med)
     latency = event_latency()
     print(f"\nevent to release (COMMIT written -> client has the bytes): p50 "

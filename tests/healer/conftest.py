@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -41,8 +42,9 @@ class Server:
     """A line server from targets/ on a free loopback port."""
 
     def __init__(self, exe: Path, *args: str) -> None:
+        # its own process group: teardown kills forked workers and their children too
         self.proc = subprocess.Popen([str(exe), "0", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         line = _readline(self.proc, READY_TIMEOUT)
         assert line.startswith("READY "), line
         self.port = int(line.split()[1])
@@ -55,8 +57,8 @@ class Server:
         return Client(self.port)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
 

@@ -4,6 +4,7 @@ reload coverage, alert and inject through the control socket, follow a forking s
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -64,17 +65,21 @@ def test_run_spawns_under_supervision(fig1_exes, start_healer):
     port = _free_port()
     healer = start_healer("run", "--coverage", "all", "--disable-plugin", "memlog", "--",
                           str(fig1_exes[("-O2", False)]), str(port)).ready()
-    sock = _connect(port, healer)
-    f = sock.makefile("rwb")
-    for n in range(1, 21):
-        f.write(b"NUL missing\n")
-        f.flush()
-        assert f.readline() == f"VAL -1 {n}\n".encode()
-    heal = healer.wait_for(lambda e: e.get("event") == "heal")
-    assert heal["function"] == "lookup_len"
-    sock.close()
-    healer.proc.send_signal(signal.SIGINT)
-    assert healer.wait() == 0
+    spawned = healer.wait_for(lambda e: e.get("event") == "agent loaded")["pid"]
+    try:
+        sock = _connect(port, healer)
+        f = sock.makefile("rwb")
+        for n in range(1, 21):
+            f.write(b"NUL missing\n")
+            f.flush()
+            assert f.readline() == f"VAL -1 {n}\n".encode()
+        heal = healer.wait_for(lambda e: e.get("event") == "heal")
+        assert heal["function"] == "lookup_len"
+        sock.close()
+        healer.proc.send_signal(signal.SIGINT)
+        assert healer.wait() == 0
+    finally:
+        os.kill(spawned, signal.SIGKILL)  # started by the healer: detaching leaves it running
 
 
 def test_reload_alert_and_inject(fig1_exes, start_server, start_healer):

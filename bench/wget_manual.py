@@ -15,8 +15,10 @@ alternately (A B C ... A B C ...) so that drift on the shared machine hits them 
   ``vproxy-request-nolog`` the same without the memory log (``--disable-plugin memlog``), to see
   what the log costs.
 
-Before a guarded configuration is timed, one request must come back through it within 30 s;
-otherwise it is reported as not available with what happened.
+Each guarded crawl gets a freshly started Apache (attached after its start-up, as in the paper),
+so the native and proxy baselines run on an Apache the healer never touched; whether Apache
+survives the healer's detach is recorded. Before a guarded configuration is timed, one request must
+come back through it within 30 s; otherwise it is reported as not available with what happened.
 
 Prints a table like the paper's (seconds, ms per request, slowdown), writes
 ``bench/results/wget_manual.json`` and ``.png``, and the time ``healer attach`` takes on a running
@@ -56,6 +58,7 @@ REQUEST_FUNCTION = "ap_process_async_request"  # the event MPM's per-request ent
 PORTS = {"haproxy-tcp": 8081, "vproxy-pass": 8082, "vproxy-guarded": 8083}
 VPROXY_FLAGS = ("--protocol", "http", "--control-user", "www-data")
 APACHE_PORT = 8080
+GUARDED_APACHE_PORT = 8090  # a fresh Apache per guarded crawl: Frida never touches the baseline
 PAPER = "Apache 2.0.53: 74.85% slowdown under STEM; 2.2.4: 72.54% (~4100 files, ~72 MB)"
 
 
@@ -80,6 +83,7 @@ class Config:
     reason: str = ""  # set when not available
     crawls: list[Crawl] = field(default_factory=list)
     attach_seconds: list[float] = field(default_factory=list)
+    survived_detach: list[bool] = field(default_factory=list)  # Apache alive after the detach
 
 
 def _cpu(pid: int | None) -> float:
@@ -150,13 +154,13 @@ listen manual
 
 
 @contextlib.contextmanager
-def _vproxy(topo: netns.Topology, port: int, control: Path,
-            log: Path) -> Iterator[tuple[str, int | None]]:
+def _vproxy(topo: netns.Topology, port: int, control: Path, log: Path,
+            upstream_port: int = APACHE_PORT) -> Iterator[tuple[str, int | None]]:
     if not have("vproxy", "serve"):
         raise NotAvailable("`vproxy serve` does not exist yet")
     listen = (topo.gw_client_addr, port)
     with open(log, "ab") as out, netns.gateway(topo, listen=listen,
-                                              upstream=(topo.server_addr, APACHE_PORT),
+                                              upstream=(topo.server_addr, upstream_port),
                                               control=control, extra=VPROXY_FLAGS,
                                               log=out) as gw:
         yield f"http://{listen[0]}:{listen[1]}/manual/", gw.proc.pid
@@ -209,6 +213,16 @@ def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
     if cfg.name not in GUARDED:
         cfg.crawls.append(_crawl(topo, httpd, target, out))
         return
+    with apache.running(host=topo.server_addr, port=GUARDED_APACHE_PORT,
+                        ns=topo.server_ns) as fresh:
+        _guarded_crawl(cfg, topo, fresh, target, control, work)
+        time.sleep(0.5)  # a crash the detach caused shows within this
+        cfg.survived_detach.append(fresh.proc.poll() is None)
+
+
+def _guarded_crawl(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
+                   target: tuple[str, int | None], control: Path, work: Path) -> None:
+    out = work / "wget"
     try:
         with healer_attached(httpd.pid, control, work / "healer.log",
                              *_healer_flags(cfg.name, work)) as healer:
@@ -252,7 +266,8 @@ def run(names: list[str], rounds: int,
                 "vproxy-pass": lambda: _vproxy(topo, PORTS["vproxy-pass"], work / "pass.sock",
                                                work / "vproxy-pass.log"),
                 "vproxy-guarded": lambda: _vproxy(topo, PORTS["vproxy-guarded"], control,
-                                                  work / "vproxy-guarded.log"),
+                                                  work / "vproxy-guarded.log",
+                                                  GUARDED_APACHE_PORT),
             }
             guarded = [c for c in configs if c.name in GUARDED]
             wanted = {_server(c.name) for c in configs}
@@ -311,6 +326,8 @@ def summarize(configs: list[Config], rounds: int, facts: dict[str, Any]) -> dict
             1e6 * statistics.median(x.apache_cpu for x in c.crawls) / max(requests, 1), 1)
         entry["proxy_cpu_us_per_request"] = round(
             1e6 * statistics.median(proxy_cpu) / max(requests, 1), 1) if proxy_cpu else None
+        if c.survived_detach:
+            entry["apache_survived_detach"] = f"{sum(c.survived_detach)}/{len(c.survived_detach)}"
         if c.attach_seconds:
             entry["attach_seconds_median"] = round(statistics.median(c.attach_seconds), 3)
         table[c.name] = entry
@@ -329,6 +346,8 @@ def print_table(summary: dict[str, Any]) -> None:
         slow = f"{100 * (e['slowdown'] - 1):+.1f}%" if e["slowdown"] else "-"
         attach = f"{e['attach_seconds_median']:.2f}" if "attach_seconds_median" in e else "-"
         flag = "" if e["complete"] else "  INCOMPLETE crawl"
+        if "apache_survived_detach" in e:
+            flag += f"  Apache alive after detach: {e['apache_survived_detach']}"
         proxy = "-" if e["proxy_cpu_us_per_request"] is None else \
             f"{e['proxy_cpu_us_per_request']:.0f}"
         print(f"{name:<20} {e['median_seconds']:>8.3f} {e['ms_per_request']:>7.3f} {slow:>9} "

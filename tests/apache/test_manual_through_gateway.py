@@ -23,7 +23,8 @@ from demo.stack import REPO, have, healer_attached
 from targets import apache
 
 # The event MPM (-X) hands every request to this function: supervising it makes each request one
-# transaction (COSAK on Apache does not yet commit: see bench/wget_manual.py's report).
+# transaction. (COSAK supervises hundreds of functions per request: a crawl takes minutes, see
+# bench/wget_manual.py, too long for this suite.)
 SUPERVISED = "ap_process_async_request"
 
 

@@ -32,7 +32,7 @@ def build(name: str, *, opt: str = "-O2", stack_protector: bool = True,
         A missing source raises FileNotFoundError; a failed compile raises BuildError with gcc's output.
     """
     src = _HERE / f"{name}.c"
-    text = src.read_bytes()
+    text = src.read_bytes() + (_HERE / "tcp_server.h").read_bytes()  # an edit of the header rebuilds
     flags = [opt, "-g", "-rdynamic", "-fno-omit-frame-pointer",
              "-fstack-protector-strong" if stack_protector else "-fno-stack-protector", *extra]
     digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:12]
@@ -41,7 +41,7 @@ def build(name: str, *, opt: str = "-O2", stack_protector: bool = True,
         return out
     _OUT.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    proc = subprocess.run(["gcc", *flags, "-o", str(tmp), str(src), "-lpthread"],
+    proc = subprocess.run(["gcc", *flags, f"-I{_HERE}", "-o", str(tmp), str(src), "-lpthread"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"gcc failed for {src.name} ({' '.join(flags)}):\n{proc.stderr}")

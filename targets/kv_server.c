@@ -17,14 +17,10 @@
  * written in JavaScript clobbers them all).
  * No function checks a value it gets from another: a wrong virtualized value shows up outside.
  */
-#include <arpa/inet.h>
 #include <ctype.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
+
+#define TCP_LINE_MAX 4096 /* before the include: the longest command line */
+#include "tcp_server.h"
 
 #define NSLOTS 16
 #define KEYMAX 15
@@ -157,44 +153,18 @@ __attribute__((noipa)) int handle_line(int fd, char *line) {
   }
 }
 
+/* One connection at a time; an over-long line is dropped (its tail then counts as a line). */
 static void serve(int fd) {
-  char buf[4096];
-  size_t have = 0;
-  for (;;) {
-    ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
-    if (n <= 0) return;
-    have += (size_t)n;
-    char *start = buf, *nl;
-    while ((nl = memchr(start, '\n', have - (size_t)(start - buf))) != NULL) {
-      *nl = '\0';
-      handle_line(fd, start);
-      start = nl + 1;
-    }
-    have -= (size_t)(start - buf);
-    memmove(buf, start, have);
-    if (have == sizeof buf - 1) have = 0; /* an over-long line is dropped */
-  }
+  struct tcp_lines in = {0};
+  char *line;
+  long n;
+  while ((n = tcp_read_line(fd, &in, &line)) != TCP_LINE_CLOSED)
+    if (n >= 0) handle_line(fd, line);
+  close(fd);
 }
 
 int main(int argc, char **argv) {
-  int port = argc > 1 ? atoi(argv[1]) : 0;
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  int one = 1;
-  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port),
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  if (bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 16) < 0) {
-    perror("kv_server: bind/listen");
-    return 1;
-  }
-  socklen_t len = sizeof a;
-  getsockname(s, (struct sockaddr *)&a, &len);
-  printf("READY %d\n", ntohs(a.sin_port));
-  fflush(stdout);
-  for (;;) {
-    int c = accept(s, NULL, NULL);
-    if (c < 0) continue;
-    serve(c);
-    close(c);
-  }
+  int lfd = tcp_listen(argc > 1 ? argv[1] : "0", INADDR_LOOPBACK, "kv_server");
+  tcp_print_ready(lfd);
+  tcp_serve_forever(lfd, serve, TCP_SERVE_ONE_AT_A_TIME);
 }

@@ -16,18 +16,10 @@
  * a second PREPARE with it is REFUSED ... duplicate, so a retried transfer is never applied twice.
  * docs/scenarios.md explains why this is what lets a gateway contain a fault inside the front-end.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #define MAX_LINE 1024
+#define TCP_LINE_MAX MAX_LINE /* before the include: the longest command line */
+#include "tcp_server.h"
+
 #define MAX_ACCOUNTS 64
 #define MAX_PENDING 256
 #define MAX_APPLIED 8192
@@ -78,19 +70,6 @@ static int was_applied(const char *key)
     for (int i = 0; i < n_applied; i++)
         if (strcmp(applied[i], key) == 0)
             return 1;
-    return 0;
-}
-
-static int reply(int fd, const char *text)
-{
-    size_t len = strlen(text);
-    while (len > 0) {
-        ssize_t n = write(fd, text, len);
-        if (n <= 0)
-            return -1;
-        text += n;
-        len -= (size_t)n;
-    }
     return 0;
 }
 
@@ -164,7 +143,7 @@ static int dump(int fd)
     for (int i = 0; i < MAX_PENDING; i++)
         n_pending += pending[i].used;
     snprintf(out + used, sizeof out - used, "PENDING %d\nAPPLIED %d\nEND\n", n_pending, n_applied);
-    return reply(fd, out);
+    return tcp_write_str(fd, out);
 }
 
 static int handle(int fd, char *line)
@@ -195,34 +174,17 @@ static int handle(int fd, char *line)
         snprintf(out, sizeof out, "ERR unknown-command\n");
     }
     pthread_mutex_unlock(&lock);
-    return reply(fd, out);
+    return tcp_write_str(fd, out);
 }
 
-static void *serve_client(void *arg)
+/* One thread per connection; a line longer than MAX_LINE drops the connection. */
+static void serve_client(int fd)
 {
-    int fd = (int)(long)arg;
-    char buf[MAX_LINE + 1];
-    size_t used = 0;
+    struct tcp_lines in = {0};
+    char *line;
 
-    for (;;) {
-        ssize_t n = read(fd, buf + used, sizeof buf - 1 - used);
-        if (n <= 0)
-            break;
-        used += (size_t)n;
-        char *start = buf, *nl;
-        int failed = 0;
-        while (!failed && (nl = memchr(start, '\n', used - (size_t)(start - buf))) != NULL) {
-            *nl = '\0';
-            if (nl > start && nl[-1] == '\r')
-                nl[-1] = '\0';
-            failed = handle(fd, start) < 0;
-            start = nl + 1;
-        }
-        used -= (size_t)(start - buf);
-        memmove(buf, start, used);
-        if (failed || used == sizeof buf - 1)
-            break;
-    }
+    while (tcp_read_line(fd, &in, &line) >= 0 && handle(fd, line) >= 0)
+        ;
     /* Presumed abort: what this connection prepared and never committed is released. */
     pthread_mutex_lock(&lock);
     for (int i = 0; i < MAX_PENDING; i++)
@@ -230,7 +192,6 @@ static void *serve_client(void *arg)
             drop_pending(&pending[i]);
     close(fd); /* under the lock: the fd number must not be reused before its prepares are gone */
     pthread_mutex_unlock(&lock);
-    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -249,29 +210,7 @@ int main(int argc, char **argv)
         accounts[n_accounts++].balance = atol(eq + 1);
     }
     signal(SIGPIPE, SIG_IGN);
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[1])),
-                               .sin_addr.s_addr = htonl(INADDR_ANY)};
-    if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 64) < 0) {
-        perror("ledger: bind/listen");
-        return 1;
-    }
-    socklen_t alen = sizeof addr;
-    getsockname(lfd, (struct sockaddr *)&addr, &alen);
-    printf("READY %d\n", ntohs(addr.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int cfd = accept(lfd, NULL, NULL);
-        if (cfd < 0)
-            continue;
-        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        pthread_t th;
-        if (pthread_create(&th, NULL, serve_client, (void *)(long)cfd) != 0) {
-            close(cfd);
-            continue;
-        }
-        pthread_detach(th);
-    }
+    int lfd = tcp_listen(argv[1], INADDR_ANY, "ledger");
+    tcp_print_ready(lfd);
+    tcp_serve_forever(lfd, serve_client, TCP_SERVE_THREADS);
 }

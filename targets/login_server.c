@@ -15,16 +15,9 @@
  * check_credentials() also changes globals (login_attempts, failed_logins, last_user) before it can
  * fail, so a test can see whether the memory changes of an aborted call were rolled back.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #define MAX_LINE 1024
+#define TCP_LINE_MAX MAX_LINE /* before the include: the longest request line */
+#include "tcp_server.h"
 
 struct ucred {
     char username[MAX_LINE];
@@ -74,29 +67,16 @@ __attribute__((noinline)) int check_credentials(struct ucred *credentials)
     return ok;
 }
 
-static int reply(int fd, const char *text)
-{
-    size_t len = strlen(text);
-    while (len > 0) {
-        ssize_t n = write(fd, text, len);
-        if (n <= 0)
-            return -1;
-        text += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 __attribute__((noinline)) int login_continue(int fd, const struct ucred *creds)
 {
     char out[MAX_LINE + 32];
     snprintf(out, sizeof out, "OK welcome %s\n", creds->username);
-    return reply(fd, out);
+    return tcp_write_str(fd, out);
 }
 
 __attribute__((noinline)) int login_reject(int fd)
 {
-    return reply(fd, "DENIED\n");
+    return tcp_write_str(fd, "DENIED\n");
 }
 
 /* Figure 2: login() trusts whatever check_credentials returns. */
@@ -114,7 +94,7 @@ __attribute__((noinline)) int handle_request(int fd, char *line)
     static struct ucred creds;
 
     if (strcmp(line, "PING") == 0)
-        return reply(fd, "PONG\n");
+        return tcp_write_str(fd, "PONG\n");
     if (strncmp(line, "LOGIN ", 6) == 0) {
         char *user = line + 6;
         char *pass = strchr(user, ' ');
@@ -126,34 +106,18 @@ __attribute__((noinline)) int handle_request(int fd, char *line)
             return login(fd, &creds);
         }
     }
-    return reply(fd, "ERR\n");
+    return tcp_write_str(fd, "ERR\n");
 }
 
+/* One client at a time; a line longer than MAX_LINE drops the client. */
 static void serve_client(int fd)
 {
-    char buf[MAX_LINE + 1];
-    size_t used = 0;
+    struct tcp_lines in = {0};
+    char *line;
 
-    for (;;) {
-        ssize_t n = read(fd, buf + used, sizeof buf - 1 - used);
-        if (n <= 0)
-            return;
-        used += (size_t)n;
-        char *start = buf;
-        char *nl;
-        while ((nl = memchr(start, '\n', used - (size_t)(start - buf))) != NULL) {
-            *nl = '\0';
-            if (nl > start && nl[-1] == '\r')
-                nl[-1] = '\0';
-            if (handle_request(fd, start) < 0)
-                return;
-            start = nl + 1;
-        }
-        used -= (size_t)(start - buf);
-        memmove(buf, start, used);
-        if (used == sizeof buf - 1) /* a line longer than MAX_LINE: refuse it and drop the client */
-            return;
-    }
+    while (tcp_read_line(fd, &in, &line) >= 0 && handle_request(fd, line) >= 0)
+        ;
+    close(fd);
 }
 
 int main(int argc, char **argv)
@@ -163,24 +127,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[1])),
-                               .sin_addr.s_addr = htonl(INADDR_ANY)};
-    if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 64) < 0) {
-        perror("login_server: bind/listen");
-        return 1;
-    }
-    socklen_t alen = sizeof addr;
-    getsockname(lfd, (struct sockaddr *)&addr, &alen);
-    printf("READY %d\n", ntohs(addr.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int cfd = accept(lfd, NULL, NULL);
-        if (cfd < 0)
-            continue;
-        serve_client(cfd);
-        close(cfd);
-    }
+    int lfd = tcp_listen(argv[1], INADDR_ANY, "login_server");
+    tcp_print_ready(lfd);
+    tcp_serve_forever(lfd, serve_client, TCP_SERVE_ONE_AT_A_TIME);
 }

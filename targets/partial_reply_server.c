@@ -19,17 +19,11 @@
  *              the last successful handle_request had written its reply and was returning
  *              (bench/commit_latency.py: from there to the client's receipt).
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <signal.h>
-#include <unistd.h>
+
+#define TCP_LINE_MAX 4096 /* before the include: the longest request line */
+#include "tcp_server.h"
 
 int g_stage;
 int g_served;
@@ -87,87 +81,44 @@ handle_exchange (int fd, const char *name)
   return 0;
 }
 
+/* Serves one connection to its end (an over-long line ends it) and closes it. */
 static void
 serve_connection (int fd)
 {
-  char buf[4096];
-  int len = 0;
+  struct tcp_lines in = { 0 };
+  char *line;
 
-  for (;;)
+  while (tcp_read_line (fd, &in, &line) >= 0)
   {
-    char *nl;
-    while ((nl = memchr (buf, '\n', len)) == NULL)
+    char out[128];
+    if (strncmp (line, "GET ", 4) == 0)
+      handle_request (fd, line + 4);
+    else if (strncmp (line, "ASK ", 4) == 0)
+      handle_exchange (fd, line + 4);
+    else if (strncmp (line, "STATE", 5) == 0)
     {
-      if (len == (int) sizeof buf)
-        return;
-      int n = read (fd, buf + len, sizeof buf - len);
-      if (n <= 0)
-        return;
-      len += n;
+      snprintf (out, sizeof out, "STATE stage=%d served=%d\n", g_stage, g_served);
+      tcp_write_str (fd, out);
     }
-    *nl = 0;
-    if (strncmp (buf, "GET ", 4) == 0)
-      handle_request (fd, buf + 4);
-    else if (strncmp (buf, "ASK ", 4) == 0)
-      handle_exchange (fd, buf + 4);
-    else if (strncmp (buf, "STATE", 5) == 0)
+    else if (strncmp (line, "LAST", 4) == 0)
     {
-      char line[128];
-      int n = snprintf (line, sizeof line, "STATE stage=%d served=%d\n", g_stage, g_served);
-      write (fd, line, n);
-    }
-    else if (strncmp (buf, "LAST", 4) == 0)
-    {
-      char line[64];
-      int n = snprintf (line, sizeof line, "LAST %lld\n", g_last_ns);
-      write (fd, line, n);
+      snprintf (out, sizeof out, "LAST %lld\n", g_last_ns);
+      tcp_write_str (fd, out);
     }
     else
-      write (fd, "ERROR unknown\n", 14);
-    int used = (int) (nl + 1 - buf);
-    memmove (buf, buf + used, len - used);
-    len -= used;
+      tcp_write_str (fd, "ERROR unknown\n");
   }
+  close (fd);
 }
 
 int
 main (int argc, char **argv)
 {
-  int s = socket (AF_INET, SOCK_STREAM, 0);
-  int one = 1;
-  struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl (INADDR_LOOPBACK),
-                           .sin_port = htons (argc > 1 ? atoi (argv[1]) : 0) };
-  socklen_t alen = sizeof a;
+  int lfd = tcp_listen (argc > 1 ? argv[1] : "0", INADDR_LOOPBACK, "partial_reply_server");
+  int fork_mode = argc > 2 && strcmp (argv[2], "fork") == 0;
 
-  signal (SIGCHLD, SIG_IGN);  /* forked children are reaped by the kernel */
-  setsockopt (s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind (s, (struct sockaddr *) &a, sizeof a) != 0 || listen (s, 16) != 0)
-  {
-    perror ("bind/listen");
-    return 1;
-  }
-  getsockname (s, (struct sockaddr *) &a, &alen);
-  printf ("listening %d\n", ntohs (a.sin_port));
+  /* "listening PORT", not READY: tests/wire and bench/commit_latency.py read this line. */
+  printf ("listening %d\n", tcp_bound_port (lfd));
   fflush (stdout);
-  for (;;)
-  {
-    int c = accept (s, NULL, NULL);
-    if (c < 0)
-      continue;
-    /* Replies are written in pieces: without this, Nagle + the client's delayed ACK add 40 ms. */
-    setsockopt (c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (argc > 2 && strcmp (argv[2], "fork") == 0)
-    {
-      if (fork () == 0)
-      {
-        close (s);
-        serve_connection (c);
-        _exit (0);
-      }
-      close (c);
-      continue;
-    }
-    serve_connection (c);
-    close (c);
-  }
+  tcp_serve_forever (lfd, serve_connection, fork_mode ? TCP_SERVE_FORK : TCP_SERVE_ONE_AT_A_TIME);
 }

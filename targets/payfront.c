@@ -27,18 +27,10 @@
  *     reads far outside it (SIGSEGV). It runs after the PREPARED answer was read (the gateway released
  *     the PREPARE: a gradual commit) and before COMMIT is sent.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #define MAX_LINE 1024
+#define TCP_LINE_MAX MAX_LINE /* before the include: the longest line from a client or the ledger */
+#include "tcp_server.h"
+
 #define MAX_USERS 64
 #define NAME_LEN 32
 
@@ -47,16 +39,11 @@ struct user {
     char password[64];
 };
 
-struct linebuf {
-    char data[MAX_LINE + 1];
-    size_t used;
-};
-
 struct session {
     int client;
     int ledger; /* -1 until the first transfer, and after a failed one */
     char user[NAME_LEN];
-    struct linebuf ledger_in;
+    struct tcp_lines ledger_in;
 };
 
 static struct user users[MAX_USERS];
@@ -70,41 +57,14 @@ unsigned long transfers_done;
 
 static const char *const categories[] = {"general", "rent", "food", "travel", "gift"};
 
-static int send_all(int fd, const char *text)
-{
-    size_t len = strlen(text);
-    while (len > 0) {
-        ssize_t n = write(fd, text, len);
-        if (n <= 0)
-            return -1;
-        text += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* Reads one line (without "\n") into out; returns 0, or -1 on EOF, error or an over-long line. */
-static int read_line(int fd, struct linebuf *b, char *out, size_t outlen)
+static int read_line(int fd, struct tcp_lines *b, char *out, size_t outlen)
 {
-    for (;;) {
-        char *nl = memchr(b->data, '\n', b->used);
-        if (nl != NULL) {
-            size_t len = (size_t)(nl - b->data);
-            if (len > 0 && b->data[len - 1] == '\r')
-                b->data[len - 1] = '\0';
-            *nl = '\0';
-            snprintf(out, outlen, "%s", b->data);
-            b->used -= len + 1;
-            memmove(b->data, nl + 1, b->used);
-            return 0;
-        }
-        if (b->used == sizeof b->data - 1)
-            return -1;
-        ssize_t n = read(fd, b->data + b->used, sizeof b->data - 1 - b->used);
-        if (n <= 0)
-            return -1;
-        b->used += (size_t)n;
-    }
+    char *line;
+    if (tcp_read_line(fd, b, &line) < 0)
+        return -1;
+    snprintf(out, outlen, "%s", line);
+    return 0;
 }
 
 static const struct user *find_user(const char *name)
@@ -159,7 +119,7 @@ static int ledger_connect(struct session *s)
         return -1;
     }
     s->ledger = fd;
-    s->ledger_in.used = 0;
+    s->ledger_in = (struct tcp_lines){0};
     return 0;
 }
 
@@ -168,7 +128,7 @@ static void ledger_reset(struct session *s)
     if (s->ledger >= 0)
         close(s->ledger);
     s->ledger = -1;
-    s->ledger_in.used = 0;
+    s->ledger_in = (struct tcp_lines){0};
 }
 
 /* The supervised transfer: 0 = answered the client (DONE or REFUSED), -1 = failed (the caller
@@ -180,10 +140,10 @@ __attribute__((noinline)) int handle_transfer(struct session *s, const char *ref
 
     transfers_started++;
     snprintf(line, sizeof line, "RECEIPT %s %s %s %ld\n", ref, s->user, to, amount);
-    if (send_all(s->client, line) < 0 || ledger_connect(s) < 0)
+    if (tcp_write_str(s->client, line) < 0 || ledger_connect(s) < 0)
         return -1;
     snprintf(line, sizeof line, "PREPARE %s %s %s %ld\n", ref, s->user, to, amount);
-    if (send_all(s->ledger, line) < 0)
+    if (tcp_write_str(s->ledger, line) < 0)
         return -1;
     normalize_memo(memo, clean, sizeof clean); /* bug 2: PREPARE and RECEIPT still held */
     if (read_line(s->ledger, &s->ledger_in, answer, sizeof answer) < 0)
@@ -192,11 +152,11 @@ __attribute__((noinline)) int handle_transfer(struct session *s, const char *ref
     if (strcmp(answer, want) != 0) {
         const char *why = strrchr(answer, ' ');
         snprintf(line, sizeof line, "REFUSED %s %s\n", ref, why != NULL ? why + 1 : "ledger-error");
-        return send_all(s->client, line) < 0 ? -1 : 0;
+        return tcp_write_str(s->client, line) < 0 ? -1 : 0;
     }
     memo_category(clean, category, sizeof category); /* bug 3: the PREPARE already crossed */
     snprintf(line, sizeof line, "COMMIT %s\n", ref);
-    if (send_all(s->ledger, line) < 0 || read_line(s->ledger, &s->ledger_in, answer, sizeof answer) < 0)
+    if (tcp_write_str(s->ledger, line) < 0 || read_line(s->ledger, &s->ledger_in, answer, sizeof answer) < 0)
         return -1;
     long balance;
     char got[64];
@@ -204,29 +164,29 @@ __attribute__((noinline)) int handle_transfer(struct session *s, const char *ref
         return -1;
     transfers_done++;
     snprintf(line, sizeof line, "DONE %s balance %ld %s\n", ref, balance, category);
-    return send_all(s->client, line);
+    return tcp_write_str(s->client, line);
 }
 
 static int handle_balance(struct session *s)
 {
     char line[MAX_LINE], answer[MAX_LINE];
     snprintf(line, sizeof line, "BAL %s\n", s->user);
-    if (ledger_connect(s) < 0 || send_all(s->ledger, line) < 0 ||
+    if (ledger_connect(s) < 0 || tcp_write_str(s->ledger, line) < 0 ||
         read_line(s->ledger, &s->ledger_in, answer, sizeof answer) < 0) {
         ledger_reset(s);
-        return send_all(s->client, "ERR ledger-unavailable\n");
+        return tcp_write_str(s->client, "ERR ledger-unavailable\n");
     }
     snprintf(line, sizeof line, "%s\n", answer);
-    return send_all(s->client, line);
+    return tcp_write_str(s->client, line);
 }
 
 static int handle_line(struct session *s, char *line)
 {
     char out[MAX_LINE + 64];
     if (strcmp(line, "PING") == 0)
-        return send_all(s->client, "PONG\n");
+        return tcp_write_str(s->client, "PONG\n");
     if (strcmp(line, "QUIT") == 0) {
-        send_all(s->client, "BYE\n");
+        tcp_write_str(s->client, "BYE\n");
         return -1;
     }
     if (strncmp(line, "LOGIN ", 6) == 0) {
@@ -236,43 +196,47 @@ static int handle_line(struct session *s, char *line)
             if (strlen(name) < NAME_LEN && check_credentials(name, password)) {
                 snprintf(s->user, sizeof s->user, "%s", name);
                 snprintf(out, sizeof out, "OK welcome %s\n", name);
-                return send_all(s->client, out);
+                return tcp_write_str(s->client, out);
             }
         }
         s->user[0] = '\0';
-        return send_all(s->client, "ERR denied\n");
+        return tcp_write_str(s->client, "ERR denied\n");
     }
     if (strcmp(line, "BAL") == 0 || strncmp(line, "XFER ", 5) == 0) {
         if (s->user[0] == '\0')
-            return send_all(s->client, "ERR login-first\n");
+            return tcp_write_str(s->client, "ERR login-first\n");
         if (line[0] == 'B')
             return handle_balance(s);
         char ref[32], to[NAME_LEN];
         long amount;
         int memo_at = 0;
         if (sscanf(line + 5, "%31s %31s %ld %n", ref, to, &amount, &memo_at) < 3)
-            return send_all(s->client, "ERR usage: XFER REF TO AMOUNT [MEMO]\n");
+            return tcp_write_str(s->client, "ERR usage: XFER REF TO AMOUNT [MEMO]\n");
         if (handle_transfer(s, ref, to, amount, line + 5 + memo_at) < 0) {
             ledger_reset(s);
             snprintf(out, sizeof out, "ERR transfer-failed %s\n", ref);
-            return send_all(s->client, out);
+            return tcp_write_str(s->client, out);
         }
         return 0;
     }
-    return send_all(s->client, "ERR unknown-command\n");
+    return tcp_write_str(s->client, "ERR unknown-command\n");
 }
 
-static void *serve_client(void *arg)
+/* One thread per client, with its own session; a line longer than MAX_LINE drops the client. */
+static void serve_client(int fd)
 {
-    struct session *s = arg;
-    struct linebuf in = {.used = 0};
-    char line[MAX_LINE];
-    while (read_line(s->client, &in, line, sizeof line) == 0 && handle_line(s, line) == 0)
-        ;
-    ledger_reset(s);
-    close(s->client);
-    free(s);
-    return NULL;
+    struct session *s = calloc(1, sizeof *s);
+    struct tcp_lines in = {0};
+    char *line;
+    if (s != NULL) {
+        s->client = fd;
+        s->ledger = -1;
+        while (tcp_read_line(fd, &in, &line) >= 0 && handle_line(s, line) == 0)
+            ;
+        ledger_reset(s);
+        free(s);
+    }
+    close(fd);
 }
 
 int main(int argc, char **argv)
@@ -299,33 +263,7 @@ int main(int argc, char **argv)
         snprintf(users[n_users++].password, sizeof users[0].password, "%s", colon + 1);
     }
     signal(SIGPIPE, SIG_IGN);
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[1])),
-                               .sin_addr.s_addr = htonl(INADDR_ANY)};
-    if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 64) < 0) {
-        perror("payfront: bind/listen");
-        return 1;
-    }
-    socklen_t alen = sizeof addr;
-    getsockname(lfd, (struct sockaddr *)&addr, &alen);
-    printf("READY %d\n", ntohs(addr.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int cfd = accept(lfd, NULL, NULL);
-        if (cfd < 0)
-            continue;
-        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct session *s = calloc(1, sizeof *s);
-        pthread_t th;
-        s->client = cfd;
-        s->ledger = -1;
-        if (pthread_create(&th, NULL, serve_client, s) != 0) {
-            close(cfd);
-            free(s);
-            continue;
-        }
-        pthread_detach(th);
-    }
+    int lfd = tcp_listen(argv[1], INADDR_ANY, "payfront");
+    tcp_print_ready(lfd);
+    tcp_serve_forever(lfd, serve_client, TCP_SERVE_THREADS);
 }

@@ -32,7 +32,7 @@ def build(name: str, *, opt: str = "-O2", stack_protector: bool = True,
         A missing source raises FileNotFoundError; a failed compile raises BuildError with gcc's output.
     """
     src = _HERE / f"{name}.c"
-    text = src.read_bytes() + (_HERE / "tcp_server.h").read_bytes()  # an edit of the header rebuilds
+    text = src.read_bytes() + (_HERE / "tcp_server.h").read_bytes()  # a header edit rebuilds
     flags = [opt, "-g", "-rdynamic", "-fno-omit-frame-pointer",
              "-fstack-protector-strong" if stack_protector else "-fno-stack-protector", *extra]
     digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:12]

@@ -1,1 +1,1 @@
-"""Shared infrastructure of the sead tools (logging set-up). Product packages import nothing else from here."""
+"""Shared infrastructure of the sead tools: logging set-up and the CLI frame."""

@@ -35,13 +35,16 @@ def _commands(package: str) -> list[ModuleType]:
 def build_parser(prog: str, description: str, package: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default: info)")
     parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                        help="JSON lines instead of console output (default: JSON unless stderr is a tty)")
+                        help="JSON lines instead of console output "
+                             "(default: JSON unless stderr is a tty)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in _commands(package):
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+        p = sub.add_parser(mod.NAME, help=mod.HELP,
+                           description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

@@ -11,6 +11,18 @@ import sys
 
 import structlog
 
+
+class _StderrLogger:
+    """Writes each rendered line to the *current* ``sys.stderr``, looked up per call, so a stream
+    replaced after configuration (a test's capture, a daemon's redirect) is honoured instead of a
+    stale, possibly closed, file being kept by the cached logger."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -43,6 +55,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *args: _StderrLogger(),
         cache_logger_on_first_use=True,
     )

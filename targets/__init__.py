@@ -29,7 +29,8 @@ def build(name: str, *, opt: str = "-O2", stack_protector: bool = True,
         extra: more gcc flags (e.g. ``-D_FORTIFY_SOURCE=2``).
 
     Error handling:
-        A missing source raises FileNotFoundError; a failed compile raises BuildError with gcc's output.
+        A missing source raises FileNotFoundError; a failed compile raises BuildError carrying
+        gcc's output.
     """
     src = _HERE / f"{name}.c"
     text = src.read_bytes() + (_HERE / "tcp_server.h").read_bytes()  # a header edit rebuilds

@@ -1,2 +1,3 @@
-"""Benchmarks (``make bench``). Each module has ``main(argv) -> int`` and prints ratios measured side by
-side in one run; results go to ``bench/results/``. Nothing in the product imports this package."""
+"""Benchmarks (``make bench``). Each module has ``main(argv) -> int`` and prints ratios
+measured side by side in one run; results go to ``bench/results/``. Nothing in the product
+imports this package."""

@@ -13,17 +13,20 @@ from sead.logging import configure_logging
 
 
 def _names() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    modules = pkgutil.iter_modules(bench.__path__)
+    return sorted(m.name for m in modules if not m.name.startswith("_"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(_names())}")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run: {', '.join(_names())}")
     args = parser.parse_args(argv)
     configure_logging("warning")
     unknown = set(args.names) - set(_names())
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(_names())}")
+        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; "
+                     f"choose from {', '.join(_names())}")
     failed = []
     for name in args.names or _names():
         print(f"\n=== bench/{name}.py ===", flush=True)

@@ -1,8 +1,11 @@
-"""Where the released HTTP output stands: at the end of a response, or inside one.
+"""Where a held HTTP link's streams stand: at the end of a message, or inside one.
 
 A replacement may only be sent when the released stream ends exactly at a message boundary, and it
 must answer the oldest unanswered request (HEAD gets no body). ``HttpBoundaries`` keeps both facts
-up to date for one link from the client's bytes and the released server bytes.
+up to date for one link from its request bytes and its response bytes. Which is which depends on
+the route: on a front route the requests are the client's bytes and the responses the server's
+released output; on a back route the protected server is the client, so its released output is
+the request stream (``requests_at_boundary``) and the backend's answers are the responses.
 
 Why not only the llhttp framers of ``protocols/http``: driven through ctypes they cost ~40 us per
 request/response pair in the gateway (callbacks, pauses, event objects), half of the guarded path's
@@ -85,9 +88,12 @@ class HttpBoundaries:
     def __init__(self) -> None:
         self.broken = False  # a framing error: no boundary is trusted any more
         self.unanswered: deque[http.RequestInfo] = deque()  # requests seen, responses not ended
-        self.fed = 0  # released server bytes seen
+        self.fed = 0  # response bytes seen
         self.boundary = 0  # offset of the last response end
-        self._qbuf = bytearray()  # fast path: the client's bytes from the current request start
+        self.qfed = 0  # request bytes seen
+        self.qboundary = 0  # offset of the last request end
+        self._qbuf = bytearray()  # fast path: request bytes from the current request start
+        self._qstart = 0  # once framed: stream offset of the request framer's first byte
         self._rbuf = bytearray()  # fast path: server bytes from the current response start
         self._rstart = 0  # stream offset of _rbuf[0] (once framed: of the framer's first byte)
         self._body_left = 0  # fast path: body bytes of the current response still to come
@@ -104,18 +110,26 @@ class HttpBoundaries:
             (self._responses.buffered if self._responses is not None else 0)
 
     def at_boundary(self) -> bool:
+        """True when the response bytes seen end exactly where a response ends."""
         return not self.broken and self.boundary == self.fed
 
-    # --- client to server --------------------------------------------------------------------
+    def requests_at_boundary(self) -> bool:
+        """True when the request bytes seen end exactly where a request ends."""
+        return not self.broken and self.qboundary == self.qfed
 
-    def client_data(self, data: bytes | memoryview) -> None:
-        """Bytes the client sent towards the server."""
+    # --- requests ----------------------------------------------------------------------------
+
+    def request_bytes(self, data: bytes | memoryview) -> None:
+        """Bytes of the request stream (towards whoever answers the requests)."""
         if self.broken:
             return
+        self.qfed += len(data)
         try:
             if self._requests is None:
                 self._qbuf += data
                 self._scan_requests()
+                if not self._qbuf and self._requests is None:
+                    self.qboundary = self.qfed
             else:
                 self._requests.receive_data(bytes(data))
             self._drain()
@@ -130,6 +144,7 @@ class HttpBoundaries:
                 return
             method = simple_request(bytes(buf[:end + 4])) if end >= 0 else None
             if method is None:  # the framer takes over from this request's first byte
+                self._qstart = self.qfed - len(buf)
                 self._requests = http.RequestFramer()
                 self._requests.receive_data(bytes(buf))
                 buf.clear()
@@ -142,10 +157,10 @@ class HttpBoundaries:
         if self._responses is not None:
             self._responses.expect(info)
 
-    # --- server to client --------------------------------------------------------------------
+    # --- responses ---------------------------------------------------------------------------
 
-    def released(self, data: bytes | memoryview) -> None:
-        """Server bytes that just went to the client."""
+    def response_bytes(self, data: bytes | memoryview) -> None:
+        """Bytes of the response stream (towards whoever sent the requests)."""
         if self.broken:
             return
         self.fed += len(data)
@@ -216,8 +231,10 @@ class HttpBoundaries:
                     progress = True
                     if isinstance(event, MessageStart):
                         self._requested(event.info)
-                    elif isinstance(event, MessageEnd) and event.info.upgrade:
-                        self._switch_due = True
+                    elif isinstance(event, MessageEnd):
+                        self.qboundary = self._qstart + event.offset
+                        if event.info.upgrade:
+                            self._switch_due = True
             if responses is not None:
                 while (event := responses.next_event()) is not NEED_DATA:
                     progress = True

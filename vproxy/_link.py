@@ -63,7 +63,7 @@ class Link:
         self.in_offset = 0  # bytes delivered to the server (its input offsets, replays included)
         self.replays_left = gateway.config.replay_budget
         self.replacer = Replacer(route.protocol, gateway.config.http_status,
-                                 frame=gateway.config.on_abort == "replace")
+                                 frame=gateway.config.on_abort == "replace", side=route.side)
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._server_eof = False
@@ -178,9 +178,9 @@ class Link:
                 lock.release()
             self._delivered(chunk)
             if self.hold is not None or self.gateway.guarded:
-                self.holding()  # guarded: frame requests from here on, as the output will be
-                if self.replacer.wants_requests:
-                    self.replacer.client_data(chunk)
+                self.holding()  # guarded: frame the input from here on, as the output will be
+                if self.replacer.wants_input:
+                    self.replacer.input_data(chunk)
             stats.bytes_passed += n
         _sockio.shutdown_write(server)
 
@@ -191,9 +191,9 @@ class Link:
         else:
             self._delivered(chunk)
             if self.hold is not None or self.gateway.guarded:
-                self.holding()  # as in ``_input``: frame requests from here on
-                if self.replacer.wants_requests:
-                    self.replacer.client_data(chunk)
+                self.holding()  # as in ``_input``: frame the input from here on
+                if self.replacer.wants_input:
+                    self.replacer.input_data(chunk)
         self.gateway.stats.bytes_passed += len(chunk)
 
     def held_output(self, chunk: memoryview) -> bool:
@@ -456,6 +456,10 @@ class Link:
         """Replace or close at ``mark``; returns False when the link was closed."""
         if mark.action == "replace":
             data = self.replacer.replacement(mark.reason)
+            if data == b"":  # a back route: the aborted request is dropped, nothing is made up
+                self.log.info("aborted request dropped at a message boundary; nothing sent to "
+                              "the backend", reason=mark.reason, at=mark.offset)
+                return True
             if data is not None:
                 self.gateway.stats.replacements += 1
                 self.log.info("aborted output replaced", reason=mark.reason, at=mark.offset)

@@ -79,12 +79,12 @@ def test_boundaries_match_the_framers(picks, upgrade_last, cuts):
     server = b"".join(r for _, r in exchanges) + (b"\x81\x02ok" if upgrade_last else b"")
     ends, _ = _reference(client, server)
     tracker = HttpBoundaries()
-    tracker.client_data(client)
+    tracker.request_bytes(client)
     pos, k = 0, 0
     while pos < len(server):
         step = cuts[k % len(cuts)]
         k += 1
-        tracker.released(server[pos:pos + step])
+        tracker.response_bytes(server[pos:pos + step])
         pos = min(len(server), pos + step)
         assert not tracker.broken
         assert tracker.at_boundary() == (pos in ends), (pos, sorted(ends))
@@ -95,15 +95,41 @@ def test_boundaries_match_the_framers(picks, upgrade_last, cuts):
     assert tracker.buffered < 64  # nothing piles up, tunnel bytes included
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(range(len(EXCHANGES) - 1)), min_size=1, max_size=8),
+       st.lists(st.integers(1, 40), min_size=1, max_size=30))
+def test_request_boundaries_match_the_framer(picks, cuts):
+    """A back route frames its released output as requests: "at a boundary" exactly where the
+    llhttp request framer ends a request (no upgrade: its verdict comes from the responses)."""
+    stream = b"".join(EXCHANGES[i][0] for i in picks)
+    framer = http.RequestFramer()
+    framer.receive_data(stream)
+    ends = set()
+    while (ev := framer.next_event()) is not NEED_DATA:
+        if isinstance(ev, MessageEnd):
+            ends.add(ev.offset)
+    assert len(ends) == len(picks)
+    tracker = HttpBoundaries()
+    pos, k = 0, 0
+    while pos < len(stream):
+        step = cuts[k % len(cuts)]
+        k += 1
+        tracker.request_bytes(stream[pos:pos + step])
+        pos = min(len(stream), pos + step)
+        assert not tracker.broken
+        assert tracker.requests_at_boundary() == (pos in ends), (pos, sorted(ends))
+    assert len(tracker.unanswered) == len(picks)
+
+
 def test_accepted_upgrade_turns_both_directions_into_a_tunnel():
     tracker = HttpBoundaries()
-    tracker.client_data(UPGRADE[0])
-    tracker.released(UPGRADE[1])
+    tracker.request_bytes(UPGRADE[0])
+    tracker.response_bytes(UPGRADE[1])
     assert tracker.at_boundary()
     for _ in range(40):  # 2 MiB of tunnel traffic: never framed, never kept
-        tracker.client_data(b"\x00" * 65536)
+        tracker.request_bytes(b"\x00" * 65536)
     assert not tracker.broken and tracker.buffered == 0
-    tracker.released(b"\x81\x02ok")
+    tracker.response_bytes(b"\x81\x02ok")
     assert not tracker.at_boundary()  # inside the tunnel there is no boundary any more
 
 

@@ -50,7 +50,7 @@ async def test_guarded_websocket_tunnel_is_not_framed(start_gateway, upstream, n
     assert await net.recv_exactly(client, len(SWITCHED)) == SWITCHED
     frames = bytes(range(256)) * (TUNNEL // 256) + b"x" * (TUNNEL % 256)
     await _pump_tunnel(net, client, server, frames)
-    assert link.replacer.wants_requests and link.replacer.buffered == 0  # counted, not kept
+    assert link.replacer.wants_input and link.replacer.buffered == 0  # counted, not kept
     reply = b"\x81\x05hello"
     await ctl.send(Release(1, len(SWITCHED) + len(reply)))
     await net.send(server, reply)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 HELD: Final = 0
@@ -60,6 +60,7 @@ class OutHold:
         self.ranges: list[OutRange] = []
         self.marks: list[Mark] = []
         self.release_wm = base
+        self.ended = False  # the server closed its output: ``end`` is final
         self._arrivals: deque[tuple[int, float]] = deque()
 
     @property
@@ -77,19 +78,48 @@ class OutHold:
         self.buf += data
         self._arrivals.append((self.end, now))
 
-    def add_range(self, rng: OutRange) -> None:
-        """Register a transaction's output range (any order, before or after its bytes arrive)."""
-        if rng.end <= self.base:
-            return
+    def add_range(self, rng: OutRange) -> tuple[int, int] | None:
+        """Register a transaction's output range (any order, before or after its bytes arrive).
+
+        Returns:
+            None, or once the output ended, the part of ``rng`` past ``end`` that will never
+            arrive (cut off: only bytes that exist are held).
+        """
+        missing = None
+        if self.ended and rng.end > self.end:
+            missing = (max(rng.start, self.end), rng.end)
+            rng.end = missing[0]
+        if rng.end <= self.base or rng.start >= rng.end:
+            return missing
         ranges = self.ranges
         if not ranges or ranges[-1].start <= rng.start:
             ranges.append(rng)  # the usual case: ranges come in stream order
         else:
             bisect.insort(ranges, rng)
+        return missing
 
     def add_mark(self, mark: Mark) -> None:
-        """Register a replacement/close point, kept in stream order."""
+        """Register a replacement/close point, kept in stream order (once the output ended, a
+        point past its end acts at the end: the stream will never reach it)."""
+        if self.ended and mark.offset > self.end:
+            mark = replace(mark, offset=self.end)
         bisect.insort(self.marks, mark, key=lambda m: m.offset)
+
+    def end_output(self) -> list[OutRange]:
+        """The server closed its output: every byte it wrote has arrived, so announced bytes past
+        ``end`` never will. Ranges are cut at ``end`` (wholly missing ones dropped) and marks past
+        it move to ``end``, so only bytes that exist keep the link waiting.
+
+        Returns:
+            the missing parts, as ranges in the state their transaction had (for the log).
+        """
+        self.ended, end = True, self.end
+        missing = [OutRange(max(r.start, end), r.end, r.state) for r in self.ranges if r.end > end]
+        self.ranges = [r for r in self.ranges if r.start < end]
+        for rng in self.ranges:
+            rng.end = min(rng.end, end)
+        self.marks = [m if m.offset <= end else replace(m, offset=end) for m in self.marks]
+        return missing
 
     def pending(self) -> bool:
         """True when bytes, ranges or marks are still waiting."""

@@ -22,13 +22,14 @@ from protocols.control import Endpoint
 from vproxy import _sockio
 from vproxy._config import Route
 from vproxy._fastrelay import INPUT, OUTPUT, Handover
-from vproxy._hold import INFINITY, InKeep, Mark, OutHold
+from vproxy._hold import DISCARDED, HELD, INFINITY, RELEASED, InKeep, Mark, OutHold, OutRange
 from vproxy._replace import Replacer
 
 if TYPE_CHECKING:
     from vproxy._gateway import Gateway
 
 _CHUNK = 65536
+_STATES = {HELD: "open", RELEASED: "released", DISCARDED: "aborted"}  # (for the log)
 
 
 def endpoint(addr: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
@@ -222,10 +223,26 @@ class Link:
             await _sockio.send_all(peer, data)
 
     def output_ended(self) -> None:
-        """The server closed its output (fast path): the writer passes the EOF on once nothing
-        is held any more."""
+        """The server closed its output: every byte it wrote has arrived, so output a transaction
+        announced past the end never will (logged, and it holds nothing: the link does not wait
+        for it). The writer passes the EOF on once nothing is held any more."""
         self._server_eof = True
+        if self.hold is not None:
+            self._missing(self.hold.end_output())
         self._wake.set()
+
+    def announced(self, rng: OutRange) -> None:
+        """A transaction announced server output ``rng`` (its bytes may arrive before or after)."""
+        missing = self.holding().add_range(rng)
+        if missing is not None:
+            self._missing([OutRange(*missing, rng.state)])
+        self.kick()
+
+    def _missing(self, ranges: list[OutRange]) -> None:
+        if ranges:
+            self.log.warning("server closed its output before announced output arrived",
+                             end=self.out_offset, missing=[(r.start, r.end, _STATES[r.state])
+                                                           for r in ranges])
 
     def _delivered(self, chunk: bytes | memoryview) -> None:
         if self.keep is None and self.gateway.guarded:
@@ -293,8 +310,7 @@ class Link:
             await self._flush(peer, hold, now)  # commits often precede the bytes: no wake-up
             if hold.buf:
                 self._wake.set()  # still held: the writer re-arms its hold-ms deadline
-        self._server_eof = True
-        self._wake.set()
+        self.output_ended()
 
     def holding(self) -> OutHold:
         """The link's hold, created at the current output offset the first time it is needed."""
@@ -302,6 +318,8 @@ class Link:
             if self._handover is not None:  # unsent unheld output must go first: task path
                 self.gateway.fast.hold_starts(self._handover)
             self.hold = OutHold(self.out_offset)
+            if self._server_eof:
+                self.hold.end_output()  # (empty: nothing can be missing yet)
             self.replacer.restart()
             if not self.gateway.guarded:
                 self.hold.release_wm = INFINITY

@@ -223,8 +223,7 @@ class ControlSession:
             if msg.direction == "out":
                 rng = OutRange(msg.start, msg.end, _STATE[owner.state])
                 owner.out.append((link, rng))
-                link.holding().add_range(rng)
-                link.kick()
+                link.announced(rng)
             else:
                 owner.ins.append((link, msg.start, msg.end))
         elif kind is c.Gradual and tx is not None:

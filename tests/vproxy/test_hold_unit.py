@@ -73,3 +73,25 @@ def test_inkeep_keeps_what_replay_needs_and_forgets_committed_input():
     assert keep.get(6, 13) == b"GET bb\n"
     keep.feed(b"xyz")  # over the cap: the oldest go
     assert keep.get(6, 13) is None and keep.get(10, 16) == b"bb\nxyz"
+
+
+def test_end_of_output_cuts_what_can_never_arrive():
+    hold = OutHold(0)
+    done, doomed = OutRange(0, 8, RELEASED), OutRange(8, 12, DISCARDED)
+    late = OutRange(2, 6)
+    for rng in (done, doomed, late):
+        assert hold.add_range(rng) is None
+    hold.add_mark(Mark(8, "replace", "SIGSEGV"))
+    hold.feed(b"OK 1\n", 0.0)
+    missing = hold.end_output()
+    assert [(r.start, r.end, r.state) for r in missing] == \
+        [(5, 8, RELEASED), (5, 6, HELD), (8, 12, DISCARDED)]
+    assert [(r.start, r.end) for r in hold.ranges] == [(0, 5), (2, 5)]
+    assert hold.marks == [Mark(5, "replace", "SIGSEGV")]  # acts where the stream ended
+    assert hold.add_range(OutRange(4, 9)) == (5, 9)  # announced after the end: cut at once
+    hold.add_mark(Mark(9, "close", "inject"))
+    assert hold.marks[-1].offset == 5
+    late.state = RELEASED
+    items, released, _ = hold.pump(1.0, [])
+    assert items == [b"OK 1\n", Mark(5, "replace", "SIGSEGV"), Mark(5, "close", "inject")]
+    assert released == 5 and not hold.pending()

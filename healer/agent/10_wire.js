@@ -39,7 +39,11 @@ const _wireModule = (function () {
       socket: sym('socket'), connect: sym('connect'), send: sym('send'), recv: sym('recv'),
       poll: sym('poll'), close: sym('close'), __errno_location: sym('__errno_location'),
     });
-    const opts = { exceptions: 'propagate' };
+    // 'exclusive': the JS lock stays held during these short calls. Otherwise sendAll released it
+    // and two flushes (the 2 ms timer on Frida's JS thread, a COMMIT on the target's) could take
+    // their lines in one order and send() them in the other: COMMIT before its BEGIN, refused by
+    // the gateway (unknown-tx), the reply held until the hold bound closed the connection.
+    const opts = { exceptions: 'propagate', scheduling: 'exclusive' };
     c = {
       connect: new NativeFunction(cm.wire_connect, 'int', ['pointer'], opts),
       sendAll: new NativeFunction(cm.wire_send_all, 'int', ['int', 'pointer', 'int', 'int'], opts),
@@ -105,8 +109,8 @@ const _wireModule = (function () {
       let end = Math.min(text.length, off + BUF_SIZE - 1);
       if (end < text.length) end = text.lastIndexOf('\n', end - 1) + 1;
       const chunk = text.substring(off, end);
-      // A buffer per chunk: sendAll releases the JS lock, so another thread may flush meanwhile
-      // (a shared buffer let it overwrite these bytes: corrupted lines, a lost ABORT).
+      // A buffer per chunk, never shared between flushes (a shared one, written while another
+      // thread's send was still reading it, corrupted lines and lost an ABORT).
       const r = c.sendAll(fd, Memory.allocUtf8String(chunk), chunk.length, SEND_TIMEOUT_MS);
       if (r !== 0) {
         counters.sendFailures++;

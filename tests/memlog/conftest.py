@@ -72,7 +72,7 @@ class Target:
     def _readline(self) -> str:
         return self.lines.get(timeout=LINE_TIMEOUT)
 
-    def load(self, source: str, on_message=None) -> frida.core.Script:
+    def load(self, source: str, on_message=None) -> frida.Script:
         script = self.session.create_script(source)
         script.on("message", on_message or (lambda m, d: None))
         script.load()

@@ -32,7 +32,7 @@ _STATE: Final = {OPEN: HELD, "committed": RELEASED, "aborted": DISCARDED}  # tx 
 
 
 class _Tx:
-    __slots__ = ("children", "id", "ins", "out", "parent", "state")
+    __slots__ = ("children", "id", "ins", "out", "parent", "reason", "state")
 
     def __init__(self, tx_id: int, parent: _Tx | None) -> None:
         self.id = tx_id
@@ -41,6 +41,7 @@ class _Tx:
         self.out: list[tuple[Link, OutRange]] = []
         self.ins: list[tuple[Link, int, int]] = []
         self.state = OPEN  # or "committed", "merged", "aborted"
+        self.reason = ""  # why it aborted
 
     def effective(self) -> _Tx:
         tx = self
@@ -56,6 +57,16 @@ class _Binding:
         self.key = key
         self.link = link
         self.waiting: list[tuple[_Tx | None, c.Message]] = []
+
+
+def _late_io(seen: tuple[int | None, list[tuple[int, int]]], msg: c.Io
+             ) -> tuple[int | None, list[tuple[int, int]]]:
+    """Add an aborted transaction's IO, kept until its link appeared, to (its first output
+    offset, its input ranges) on that link: what ``Link.aborted`` needs."""
+    offset, inputs = seen
+    if msg.direction == "out":
+        return (msg.start if offset is None else min(offset, msg.start)), inputs
+    return offset, [*inputs, (msg.start, msg.end)]
 
 
 class ControlSession:
@@ -170,9 +181,15 @@ class ControlSession:
         for binding in self._cids.values():
             if binding.link is None and binding.key == key:
                 binding.link = link
+                late: dict[_Tx, tuple[int | None, list[tuple[int, int]]]] = {}
                 for tx, msg in binding.waiting:
                     self._apply(binding, tx, msg)
+                    owner = tx.effective() if tx is not None else None
+                    if owner is not None and owner.state == "aborted" and isinstance(msg, c.Io):
+                        late[owner] = _late_io(late.get(owner, (None, [])), msg)
                 binding.waiting.clear()
+                for owner, (offset, inputs) in late.items():  # aborted while the link was
+                    link.aborted(offset, owner.reason, sorted(inputs))  # unknown: as if known
 
     def _binding(self, cid: int) -> _Binding | None:
         return self._cids.get(cid)
@@ -285,7 +302,7 @@ class ControlSession:
         first_out: dict[Link, int | None] = {}
         inputs: dict[Link, list[tuple[int, int]]] = {}
         for t in doomed:
-            t.state = "aborted"
+            t.state, t.reason = "aborted", reason
             self._txs.pop(t.id, None)
             for link, rng in t.out:
                 rng.state = DISCARDED

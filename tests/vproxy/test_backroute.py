@@ -8,12 +8,15 @@ whole, an aborted one not a single byte, and never anything the gateway made up.
 
 from __future__ import annotations
 
+import socket
+
 import h11
 import pytest
 import trio
 
-from protocols.control import Abort, Begin, Commit, Guard, Io
+from protocols.control import Abort, Begin, Commit, Conn, Endpoint, Guard, Io
 from vproxy import Address, Route
+from vproxy._link import endpoint
 from vproxy.testing import ScriptedController, conn_of
 
 WAIT = 5.0
@@ -84,16 +87,28 @@ async def backend(nursery: trio.Nursery) -> HttpBackend:
     return server
 
 
-async def _protected_client(start_gateway, net, backend, protocol="http"):
-    """A guarded gateway with one back route to ``backend``; the protected server's socket."""
-    route = Route(Address("127.0.0.1", 0), backend.address, protocol, "back")
+async def _protected_client(start_gateway, net, backend, *events, early=False):
+    """A guarded gateway with one back route to ``backend``, and the protected server's socket.
+    ``events`` follow its CONN; ``early``: all of them are applied before the protected server
+    even connects (the gateway learns of the link after its transactions ended)."""
+    route = Route(Address("127.0.0.1", 0), backend.address, "http", "back")
     serving = await start_gateway(routes=(route,), on_abort="replace")
     ctl = await ScriptedController.connect(serving.control)
     await ctl.send(Guard())
     await ctl.sync()
-    protected = await net.connect(serving.listening[0])  # the server dials its backend
-    await _until(lambda: serving.gateway.stats.active == 1)  # the gateway dialled the backend
-    await ctl.send(conn_of(1, protected))
+    listen = serving.listening[0]
+    protected = trio.socket.socket()
+    await protected.bind(("127.0.0.1", 0))
+    conn = Conn(1, endpoint(protected.getsockname()), Endpoint(listen.host, listen.port))
+    if early:
+        await ctl.send(conn, *events)
+        await ctl.sync()
+    with trio.fail_after(WAIT):
+        await protected.connect((listen.host, listen.port))  # the server dials its backend
+    protected.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not early:
+        await _until(lambda: serving.gateway.stats.active == 1)  # the gateway dialled it
+        await ctl.send(conn, *events)
     return serving, ctl, protected
 
 
@@ -132,19 +147,23 @@ async def test_aborted_request_never_reaches_the_backend(start_gateway, net, bac
     assert serving.gateway.stats.bytes_discarded == len(doomed)
 
 
+HEAD = b"POST /debit HTTP/1.1\r\nHost: ledger\r\nContent-Length: 3\r\n\r\n"
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["link-known", "aborted-before-link"])
 async def test_abort_inside_a_released_request_closes_the_backend_link(start_gateway, net,
-                                                                      backend):
+                                                                      backend, early):
     """The head went out (committed), the body's transaction aborted: the backend must not get a
-    request completed by anything, so the link closes after what was released."""
-    serving, ctl, protected = await _protected_client(start_gateway, net, backend)
-    head = b"POST /debit HTTP/1.1\r\nHost: ledger\r\nContent-Length: 3\r\n\r\n"
-    await ctl.send(Begin(1, None), Io(1, 1, "out", 0, len(head)), Commit(1),
-                   Begin(2, None), Io(2, 1, "out", len(head), len(head) + 3),
-                   Abort(2, "SIGSEGV"))
-    await net.send(protected, head + b"100")
+    request completed by anything, so the link closes after what was released. The same when
+    the abort came before the gateway knew the link (its events were kept for it)."""
+    serving, _ctl, protected = await _protected_client(
+        start_gateway, net, backend, Begin(1, None), Io(1, 1, "out", 0, len(HEAD)), Commit(1),
+        Begin(2, None), Io(2, 1, "out", len(HEAD), len(HEAD) + 3), Abort(2, "SIGSEGV"),
+        early=early)
+    await net.send(protected, HEAD + b"100")
     assert await net.recv_to_eof(protected) == b""  # no fabricated answer either
     await _until(lambda: bool(backend.endings))
-    assert bytes(backend.received) == head
+    assert bytes(backend.received) == HEAD
     assert backend.requests == [] and backend.endings[0].startswith("error")
     assert serving.gateway.stats.replacements == 0
 

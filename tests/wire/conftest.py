@@ -15,6 +15,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import frida
 import pytest
@@ -96,19 +97,22 @@ class Server:
         self.port = int(self.proc.stdout.readline().split()[1])
         self.session = frida.attach(self.proc.pid)
         self.events: list[dict] = []
-        self.script = None
+        self.script: frida.Script | None = None
+
+    def _on_message(self, message: Any, _data: bytes | None) -> None:
+        self.events.append(message.get("payload", message))
 
     def instrument(self, config: dict, functions=("handle_request", "handle_exchange"),
                    abort: str = "negative") -> None:
         self.script = self.session.create_script(harness_source())
-        self.script.on("message", lambda m, d: self.events.append(m.get("payload", m)))
+        self.script.on("message", self._on_message)
         self.script.load()
         self.script.exports_sync.init(config, list(functions), abort)
 
     def instrument_agent(self, config: dict) -> None:
         """The real agent (healer/agent, every module) instead of the stand-in core."""
         self.script = self.session.create_script(agent_source())
-        self.script.on("message", lambda m, d: self.events.append(m.get("payload", m)))
+        self.script.on("message", self._on_message)
         self.script.load()
         self.script.exports_sync.init(config)
 

@@ -60,7 +60,7 @@ class Healer:
                 if "pid" in rec:
                     self.pids.add(int(rec["pid"]))
                 if rec.get("event") == event:
-                    return rec  # type: ignore[no-any-return]
+                    return rec
         raise AssertionError(f"healer exited before {event!r}: {''.join(seen)}")
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from targets import build
 
@@ -82,17 +82,34 @@ class KvServer:
     def pid(self) -> int:
         return self.proc.pid
 
-    def exchange(self, requests: Sequence[str], timeout: float = 3.0) -> list[str] | None:
+    def exchange(self, requests: Sequence[str], timeout: float = 3.0,
+                 pause: tuple[int, Callable[[], None]] | None = None) -> list[str] | None:
         """Send every request on one connection, then read all replies until the server closes.
 
-        Returns None when the connection fails or the server does not close it within ``timeout``
-        (it died or hangs).
+        Args:
+            pause: ``(k, fn)``: send the first ``k`` requests, wait for their ``k`` replies (one a
+                request), call ``fn()`` (e.g. arm a fault injection for request ``k``), then send
+                the rest.
+
+        Returns None when the connection fails or the server does not answer or close it within
+        ``timeout`` (it died or hangs).
         """
+        lines = [r + "\n" for r in requests]
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as c:
-                c.sendall("".join(r + "\n" for r in requests).encode())
-                c.shutdown(socket.SHUT_WR)
                 data = b""
+                if pause is not None:
+                    k, fn = pause
+                    c.sendall("".join(lines[:k]).encode())
+                    while data.count(b"\n") < k:
+                        chunk = c.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    fn()
+                    lines = lines[k:]
+                c.sendall("".join(lines).encode())
+                c.shutdown(socket.SHUT_WR)
                 while chunk := c.recv(65536):
                     data += chunk
         except OSError:

@@ -7,6 +7,7 @@
 //   args: n,               argument registers recorded per call (default 3)
 //   retBits: 32|64,        a 32-bit return value is sign-extended (C int functions)
 //   window, strategy, strategies, anomaly: {width, action}, functions: {...}   (agent_tables())
+//   fixed: '0',            optional: answer this value for every repair instead of SEV
 // }
 (function () {
   const ARG_REGS = 6;
@@ -271,20 +272,42 @@
     stats: () => Object.assign({ perFunction: Object.assign({}, perFunction) }, stats),
   };
 
+  // config.profile in force from now on (init, reload); the call trees and the round-robin and
+  // post-evaluation state carry over a reload
+  function configure(profile) {
+    cfg = profile || {};
+    width = cfg.window || 15;
+    nargs = cfg.args === undefined ? 3 : cfg.args;
+    retBits = cfg.retBits || 64;
+    tracking = cfg.functions !== undefined;
+    for (const name in cfg.functions || {}) {
+      cfg.functions[name].windowSet = new Set(cfg.functions[name].windows);
+    }
+    anomalyWidth = tracking && cfg.anomaly !== undefined ? (cfg.anomaly.width || 0) : 0;
+    if (cfg.record || tracking) Sead.wantCalls = true;
+  }
+
+  // `fixed` (a decimal string) answers that value for every repair: vanilla error virtualization
+  // measured through the same agent path as SEV (bench/sev.py compares the two)
+  function fixedValue(tx) {
+    return { value: int64(cfg.fixed), source: 'fixed',
+      why: `fixed: ${cfg.fixed} for ${tx.fn.name} (vanilla error virtualization, profile setting)` };
+  }
+
   Sead.use({
     name: 'profile',
     init(config) {
-      cfg = config.profile || {};
-      width = cfg.window || 15;
-      nargs = cfg.args === undefined ? 3 : cfg.args;
-      retBits = cfg.retBits || 64;
-      tracking = cfg.functions !== undefined;
-      for (const name in cfg.functions || {}) {
-        cfg.functions[name].windowSet = new Set(cfg.functions[name].windows);
-      }
-      anomalyWidth = tracking && cfg.anomaly !== undefined ? (cfg.anomaly.width || 0) : 0;
-      if (cfg.record || tracking) Sead.wantCalls = true;
+      configure(config.profile);
       if (cfg.record) setInterval(flush, 100);
+    },
+    onReload(config) {
+      const next = config.profile;
+      if (next === undefined || next === cfg) return;
+      if (next !== null && next.record && !cfg.record) {
+        throw new Error('recording cannot be turned on by a reload; attach with record set');
+      }
+      if (next !== null && next.fixed !== undefined && next.fixed !== null) int64(next.fixed);
+      configure(next);
     },
     onCall(fn, threadId, args) {
       if (cfg !== null) onCall(fn, threadId, args);
@@ -293,7 +316,9 @@
       if (cfg !== null) onReturn(fn, threadId, retval);
     },
     chooseReturnValue(tx) {
-      return cfg === null ? null : chooseValue(tx.fn, tx);
+      if (cfg === null) return null;
+      if (cfg.fixed !== undefined && cfg.fixed !== null) return fixedValue(tx);
+      return chooseValue(tx.fn, tx);
     },
     afterRepair(tx, fault, choice) {
       if (cfg !== null) postEvaluate(tx, choice);

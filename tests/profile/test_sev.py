@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import random
 from collections import Counter
 from typing import Any
@@ -10,43 +9,50 @@ from typing import Any
 import pytest
 
 from healer.profile import FunctionProfile, Profile, ProfileSession, agent_tables
-from healer.profile._evaluate import level3_rate, run_trials
+from healer.profile._evaluate import AgentTarget, level3_rate, run_trials
 from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer
 
 
-class _Heal:
-    def __init__(self, tables: dict[str, Any], functions: list[str]) -> None:
-        self.server = KvServer.start()
-        self.session = ProfileSession(window=15, functions=FUNCTIONS, record=False,
-                                      ret_bits=32, tables=tables, injectable=functions)
-        try:
-            self.session.attach(self.server.pid)
-        except BaseException:
-            self.server.stop()
-            raise
-
-    def exchange(self, requests):
-        return self.server.exchange(requests)
-
-    def stop(self) -> None:
-        self.session.close()
-        self.server.stop()
+def _start(profile: dict[str, Any]) -> AgentTarget:
+    return AgentTarget(KvServer.start(), FUNCTIONS, profile)
 
 
-def test_sev_reaches_level3_far_more_often_than_a_fixed_value(trained):
-    trials = run_trials(functools.partial(_Heal, agent_tables(trained), FUNCTIONS),
-                        EVAL_REQUESTS, FUNCTIONS, [None, 0, -1], max_nth=3)
-    level3 = {m: level3_rate(trials, m) for m in ("sev", "fixed 0", "fixed -1")}
-    strict = {m: sum(t.alive and t.same for t in trials if t.mode == m) for m in level3}
-    assert level3["sev"][1] == 3 * len(FUNCTIONS) - 2  # remove_slot, count_used: 2 calls each
+def test_sev_through_the_real_agent_reaches_level3_more_often_than_a_fixed_value(trained):
+    tables = agent_tables(trained)
+    modes = {"sev": tables, "fixed 0": dict(tables, fixed="0"),
+             "fixed -1": dict(tables, fixed="-1")}
+    trials = run_trials(_start, EVAL_REQUESTS, FUNCTIONS, modes, max_nth=3)
+    level3 = {m: level3_rate(trials, m) for m in modes}
+    strict = {m: sum(t.alive and t.same for t in trials if t.mode == m) for m in modes}
+    assert level3["sev"][1] == 3 * len(FUNCTIONS) - 2  # remove_slot, count_used: 2 requests each
+    assert all(level3[m][1] == level3["sev"][1] for m in modes)
     assert level3["sev"][0] > max(level3["fixed 0"][0], level3["fixed -1"][0])
-    assert strict["sev"] >= 1.5 * max(strict["fixed 0"], strict["fixed -1"])
+    assert strict["sev"] > max(strict["fixed 0"], strict["fixed -1"])
     for t in trials:
         if t.mode == "sev":
             assert t.why.startswith("context: ")  # how the value was selected, with evidence
-    # a SEV value is one the function returned in training
-    assert all(int(t.value) in trained.functions[t.function].values
-               for t in trials if t.mode == "sev")
+            assert int(t.value) in trained.functions[t.function].values  # seen in training
+        else:
+            assert t.value == t.mode.split()[1] and t.why.startswith("fixed: ")
+    # the failed call ran and was rolled back: store_value answered its usual 0 under SEV, yet
+    # the value it stored is gone, so no store_value trial keeps the later replies
+    assert all(not t.level3 for t in trials if t.function == "store_value")
+
+
+def test_injected_call_runs_and_its_writes_are_rolled_back(kv, trained):
+    target = AgentTarget(kv, FUNCTIONS, agent_tables(trained))
+    try:
+        s = target.session
+        replies = target.exchange(["RESET", "SET alpha 1", "SET beta 2", "GET alpha", "GET beta"],
+                                  pause=(2, lambda: s.inject("store_value")))
+        s.status()
+        assert replies == ["RESET", "STORED", "STORED", "VALUE 1", "NOT_FOUND"]
+        [ev] = s.of_type("inject")
+        assert ev["function"] == "store_value" and ev["selected"] == "profile"
+        assert ev["value"] == "0"  # what store_value returns: the caller saw a success
+        assert kv.proc.poll() is None
+    finally:
+        target.session.close()
 
 
 def _tiny_profile() -> Profile:

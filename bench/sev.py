@@ -4,10 +4,13 @@ accuracy, and profiling overhead, measured side by side in one run.
 1. Train: targets/kv_server.c under `healer profile` recording (normal and malformed requests).
 2. Predict: return-value prediction accuracy from the execution window (width 1, 3, 5, 15) on a
    held-out run (the predictability work behind SEV reports 97% at width 15).
-3. Correctness: for every hooked function and each of its first calls in a fixed request sequence,
-   fail that call (fault injection) and heal it with SEV (each scheduling strategy) or with a fixed
-   value (vanilla error virtualization: 0 and -1). A trial is on the SEV paper's scale level 3 when
-   the server is alive and every reply equals the uninjected baseline.
+3. Correctness through the real agent: kv_server with the full healer agent attached (its
+   functions supervised, memory log on). For every function and each of the first requests that
+   call it, `rpc.exports.inject({function})` (what `healer inject` sends) fails that call: the
+   call runs, its memory writes are rolled back, and the value it returns is chosen by SEV (each
+   scheduling strategy) or is fixed (vanilla error virtualization, 0 and -1: the profile plugin's
+   `fixed` setting). Level 1: the process lived; level 3: alive and every reply after the healed
+   request equals the uninjected baseline. Results also go to bench/results/sev.json.
 4. Overhead: pipelined requests per second, native vs profile recording vs a loaded profile (SEV
    tables, anomaly detection at width 3), every kv_server function hooked with Interceptor.attach.
 5. Apache in profile mode (apache2 -X): calls recorded, predictability, prediction accuracy.
@@ -19,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
+import dataclasses
+import json
 import re
 import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from healer.profile import (
@@ -37,10 +42,11 @@ from healer.profile import (
     merge,
     predictability,
 )
-from healer.profile._evaluate import Trial, level3_rate, modes_label, run_trials
+from healer.profile._evaluate import AgentTarget, Trial, run_trials
 from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer, training_requests
 
 KV_FUNCTIONS = list(FUNCTIONS)
+RESULTS = Path(__file__).resolve().parent / "results" / "sev.json"
 WIDTH = 15
 APACHE_PATHS = ["/manual/", "/manual/index.html", "/manual/mod/", "/manual/howto/cgi.html",
                 "/manual/nothere.html", "/manual/../../etc/passwd", "/manual/%zz",
@@ -64,25 +70,8 @@ APACHE_FUNCTIONS = [
 ]
 
 
-class _HealTarget:
-    """kv_server with the profile plugin in heal mode (SEV tables, every function injectable)."""
-
-    def __init__(self, tables: dict[str, Any]) -> None:
-        self.server = KvServer.start()
-        self.session = ProfileSession(window=WIDTH, functions=KV_FUNCTIONS, record=False,
-                                      ret_bits=32, tables=tables, injectable=KV_FUNCTIONS)
-        try:
-            self.session.attach(self.server.pid)
-        except BaseException:
-            self.server.stop()
-            raise
-
-    def exchange(self, requests: Sequence[str]) -> list[str] | None:
-        return self.server.exchange(requests)
-
-    def stop(self) -> None:
-        self.session.close()
-        self.server.stop()
+def _start(profile: dict[str, Any]) -> AgentTarget:
+    return AgentTarget(KvServer.start(), KV_FUNCTIONS, profile)
 
 
 def train(runs: Sequence[int], n: int) -> Profile:
@@ -192,17 +181,59 @@ def apache_profile(rounds: int = 15) -> str:
             f"detach {native_after:.0f}")
 
 
-def _rates(trials: list[Trial], mode: str) -> tuple[float, int, float]:
-    rate, n = level3_rate(trials, mode)
-    chosen = [t for t in trials if t.mode == mode]
-    return rate, n, sum(t.alive and t.same for t in chosen) / max(1, len(chosen))
+def _counts(trials: Sequence[Trial]) -> dict[str, Any]:
+    n = len(trials)
+    return {"trials": n, "level1": sum(t.alive for t in trials),
+            "level3": sum(t.level3 for t in trials),
+            "unchanged": sum(t.alive and t.same for t in trials),
+            "later_heals": sum(t.later_heals for t in trials)}
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{part / whole:6.1%}" if whole else "   n/a"
+
+
+def correctness(profile: Profile, max_nth: int) -> dict[str, Any]:
+    """Level 1 and level 3 per mode and per function, through the real agent's injection."""
+    tables = agent_tables(profile)
+    modes = {f"SEV {st}": agent_tables(profile, strategy=st) for st in STRATEGIES}
+    modes |= {f"fixed {v}": dict(tables, fixed=str(v)) for v in (0, -1)}
+    t0 = time.monotonic()
+    trials = run_trials(_start, EVAL_REQUESTS, KV_FUNCTIONS, modes, max_nth=max_nth)
+    elapsed = time.monotonic() - t0
+    per_mode = {m: _counts([t for t in trials if t.mode == m]) for m in modes}
+    per_function = {fn: {m: _counts([t for t in trials if t.mode == m and t.function == fn])
+                         for m in modes} for fn in KV_FUNCTIONS}
+    print("\nSEV paper's correctness scale after one failure injected through the real agent")
+    print("(the call runs, its writes are rolled back, its return value is chosen; level 1: alive;")
+    print(f"level 3: alive and every later reply as without injection; {elapsed:.0f} s):")
+    for m, c in per_mode.items():
+        print(f"  {m:26} level 1 {_pct(c['level1'], c['trials'])}   level 3 "
+              f"{_pct(c['level3'], c['trials'])} of {c['trials']} trials   (every reply "
+              f"unchanged {_pct(c['unchanged'], c['trials'])})")
+    sev = per_mode["SEV context"]["level3"]
+    best = max(per_mode["fixed 0"]["level3"], per_mode["fixed -1"]["level3"])
+    ratio = sev / best if best else 0.0
+    print(f"  ratio level 3, SEV(context) / best fixed value: {ratio:.2f}")
+    print("  per function, level 1 / level 3 (SEV context | fixed 0 | fixed -1), SEV's values:")
+    for fn in KV_FUNCTIONS:
+        cells = []
+        for m in ("SEV context", "fixed 0", "fixed -1"):
+            c = per_function[fn][m]
+            cells.append(f"{c['level1']}/{c['level3']} of {c['trials']}")
+        values = sorted({t.value for t in trials if t.function == fn and t.mode == "SEV context"})
+        print(f"    {fn:14} {' | '.join(cells)}   SEV chose {', '.join(values)}")
+    return {"max_nth": max_nth, "requests": len(EVAL_REQUESTS), "seconds": elapsed,
+            "per_mode": per_mode, "per_function": per_function,
+            "ratio_level3_sev_context_over_best_fixed": ratio,
+            "trials": [dataclasses.asdict(t) for t in trials]}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench sev", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=1200, help="requests per training run")
-    parser.add_argument("--max-nth", type=int, default=6, help="calls failed per function")
+    parser.add_argument("--max-nth", type=int, default=6, help="requests failed per function")
     parser.add_argument("--no-apache", action="store_true")
     args = parser.parse_args(argv)
 
@@ -221,42 +252,18 @@ def main(argv: list[str]) -> int:
         sc = [predictability(fp, s) for s in (1, 3, WIDTH)]
         print(f"    {name:14} {' / '.join(f'{x:.2f}' for x in sc)}   values {len(fp.values)}")
 
-    print("\nSEV paper's level 3 after an injected failure (alive; the healed request answered;")
-    print("every later reply as without injection):")
-    results = {}
-    every: list[Trial] = []
-    for strategy in STRATEGIES:
-        tables = agent_tables(profile, strategy=strategy)
-        trials = run_trials(functools.partial(_HealTarget, tables), EVAL_REQUESTS,
-                            KV_FUNCTIONS, [None], max_nth=args.max_nth)
-        results[f"SEV {strategy}"] = _rates(trials, modes_label(None))
-        if strategy == "context":
-            every += trials
-    tables = agent_tables(profile)
-    fixed_trials = run_trials(lambda: _HealTarget(tables), EVAL_REQUESTS, KV_FUNCTIONS, [0, -1],
-                              max_nth=args.max_nth)
-    for v in (0, -1):
-        results[f"vanilla EV, fixed {v}"] = _rates(fixed_trials, modes_label(v))
-    for label, (rate, n, strict) in results.items():
-        print(f"  {label:28} {rate:6.1%} of {n} trials   (every reply unchanged: {strict:.1%})")
-    sev = results["SEV context"][0]
-    best_fixed = max(results["vanilla EV, fixed 0"][0], results["vanilla EV, fixed -1"][0])
-    print(f"  ratio SEV(context) / best fixed value: {sev / best_fixed if best_fixed else 0:.2f}")
-    every += fixed_trials
-    print("  per function (level 3: SEV context / fixed 0 / fixed -1):")
-    for fn in KV_FUNCTIONS:
-        cells = []
-        for mode in ("sev", "fixed 0", "fixed -1"):
-            chosen = [t for t in every if t.function == fn and t.mode == mode]
-            cells.append(f"{sum(t.level3 for t in chosen)}/{len(chosen)}")
-        print(f"    {fn:14} {' / '.join(cells)}")
+    results: dict[str, Any] = {"correctness": correctness(profile, args.max_nth)}
 
     print("\nthroughput, pipelined requests (same server process, same run):")
     rates = overhead(agent_tables(profile, anomaly_width=3))
     for label, r in rates.items():
         print(f"  {label:22} {r:9.0f} req/s   {r / rates['native']:.2f} x native")
+    results["throughput_req_s"] = rates
 
     if not args.no_apache:
         print("\n" + apache_profile())
     print(f"\ntotal {time.monotonic() - t0:.0f} s")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {RESULTS}")
     return 0

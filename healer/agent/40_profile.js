@@ -248,8 +248,15 @@
     const expect = t === null ? [] : (t.succ[value] || []);
     const prev = post.get(tx.threadId);
     if (prev !== undefined) finishPost(tx.threadId, prev);
+    // the core reports the call's own return (onReturn) before it replaces the value: judge the
+    // virtualized value here
+    const off = [];
+    if (t !== null && t.values.indexOf(value) < 0) {
+      stats.offProfileReturns++;
+      off.push(`${tx.fn.name} returned ${value}, never seen in training`);
+    }
     post.set(tx.threadId, { fn: tx.fn.name, value: value, expect: expect, left: POST_CALLS,
-      first: true, off: [] });
+      first: true, off: off });
   }
 
   function finishPost(tid, p) {
@@ -275,6 +282,10 @@
   // config.profile in force from now on (init, reload); the call trees and the round-robin and
   // post-evaluation state carry over a reload
   function configure(profile) {
+    const fixed = profile ? profile.fixed : undefined;
+    if (fixed !== undefined && fixed !== null && !/^-?[0-9]+$/.test(String(fixed))) {
+      throw new Error(`profile setting fixed must be a decimal integer (got '${fixed}')`);
+    }
     cfg = profile || {};
     width = cfg.window || 15;
     nargs = cfg.args === undefined ? 3 : cfg.args;
@@ -306,7 +317,6 @@
       if (next !== null && next.record && !cfg.record) {
         throw new Error('recording cannot be turned on by a reload; attach with record set');
       }
-      if (next !== null && next.fixed !== undefined && next.fixed !== null) int64(next.fixed);
       configure(next);
     },
     onCall(fn, threadId, args) {
@@ -326,6 +336,8 @@
     },
     status() {
       flush();
+      // every event emitted before a status request reaches the host before its answer
+      if (typeof Sead.flush === 'function') Sead.flush();
       return { profile: Sead.profile.stats() };
     },
   });

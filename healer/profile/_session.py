@@ -1,4 +1,4 @@
-"""Running the profile plugin in a target process with Frida (profile mode and SEV evaluation).
+"""Running the profile plugin in a target process with Frida (profile mode, anomaly detection).
 
 Frida's errors are translated here, where they enter, into ``SessionError`` with a message for the
 operator. Messages from the target arrive on Frida's thread; a lock guards what they update.
@@ -37,19 +37,16 @@ class ProfileSession:
         record: record calls into ``self.builder`` (profile mode).
         args: argument registers kept per call.
         ret_bits: 32 sign-extends return values (C ``int`` functions), 64 keeps them whole.
-        tables: ``agent_tables(...)`` of a trained profile (SEV value choice, anomaly detection).
-        injectable: functions whose calls can be failed with ``inject``.
+        tables: ``agent_tables(...)`` of a trained profile (anomaly detection).
         on_trace: called with each trace line (``.> f(...)``) when given.
     """
 
     def __init__(self, *, window: int = 15, functions: Sequence[str] | None = None,
                  record: bool = True, args: int = 3, ret_bits: int = 64,
-                 tables: dict[str, Any] | None = None, injectable: Sequence[str] = (),
+                 tables: dict[str, Any] | None = None,
                  on_trace: Callable[[str], None] | None = None) -> None:
         self.builder = ProfileBuilder(window, ret_bits)
-        self.injects: list[dict[str, Any]] = []
         self.anomalies: list[dict[str, Any]] = []
-        self.posts: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.skipped: list[str] = []
         self.functions: list[str] = []
@@ -63,7 +60,6 @@ class ProfileSession:
         self._config: dict[str, Any] = {
             "profile": {"record": record, "window": window, "args": args, "retBits": ret_bits,
                         **(tables or {})},
-            "injectable": list(injectable),
         }
         self._device = frida.get_local_device()
         self._session: Any = None
@@ -129,14 +125,6 @@ class ProfileSession:
 
     # ---- running ----
 
-    def inject(self, function: str, nth: int = 1) -> None:
-        """Fail the ``nth`` next call of ``function`` (it must be in ``injectable``)."""
-        self._rpc("inject", function, nth)
-
-    def set_fixed(self, value: int | None) -> None:
-        """Heal injected failures with this fixed value (vanilla EV), or with SEV when None."""
-        self._rpc("set_fixed", None if value is None else str(value))
-
     def status(self) -> dict[str, Any]:
         """The plugin's counters; also flushes the recorded calls to the host."""
         result: dict[str, Any] = self._rpc("status")
@@ -182,19 +170,11 @@ class ProfileSession:
                 if payload["lost"] > self.lost:
                     log.warning("recording ring overran: calls lost", lost=payload["lost"])
                     self.lost = payload["lost"]
-            elif kind == "inject":
-                self.injects.append(payload)
             elif kind == "anomaly":
                 self.anomalies.append(payload)
                 log.warning("profile anomaly", function=payload["function"],
                             window=payload["window"], reason=payload["reason"],
                             action=payload["action"])
-            elif kind == "profile:post":
-                self.posts.append(payload)
-                if not payload["ok"]:
-                    log.info("heal left the process off-profile", function=payload["function"],
-                                value=payload["value"], taint_depth=payload["taintDepth"],
-                                evidence=payload["offProfile"])
 
     def _record_raw(self, names: list[str], data: bytes) -> None:
         events: list[list[Any]] = []

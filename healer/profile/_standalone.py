@@ -1,12 +1,10 @@
-"""A minimal host for healer/agent/40_profile.js, for profile mode and for SEV evaluation.
+"""A minimal host for healer/agent/40_profile.js, for profile mode and anomaly detection.
 
 Profile mode records calls; it needs no transactions, memory log or gateway, so `healer profile`
 loads the profile plugin inside this small frame instead of the whole agent: a ``Sead`` with
-``use``/``emit``, Interceptor hooks that call the plugin's ``onCall``/``onReturn``, and, for the
-functions named ``injectable``, a replacement that can fail a call on demand (the SEV paper's
-fault-injection control plane): the function body is skipped and the return value comes from the
-plugin's ``chooseReturnValue`` (SEV) or from a fixed value (vanilla error virtualization). Skipping
-the body at entry needs no rollback: nothing of the failed call ran.
+``use``/``emit`` and Interceptor hooks that call the plugin's ``onCall``/``onReturn``. Fault
+injection and healing need the whole agent (rollback, value choice at the epilogue):
+``healer/profile/_agent.py`` drives it for the SEV evaluation.
 
 Frame calls follow docs/agent.md, so the same plugin file runs unchanged inside the full agent.
 """
@@ -64,8 +62,6 @@ void on_leave (GumInvocationContext * ic) {
 
 EPILOGUE = r"""
 (function () {
-  const armed = new Map(); // function name -> calls left before the injected failure
-  let txid = 0;
   const RING = 1 << 18; // records (12 MiB)
   const REC = 48; // bytes
   let recorder = null; // {cm, head, ring, tail, lost, names}
@@ -143,51 +139,14 @@ EPILOGUE = r"""
     });
   }
 
-  function replace(fn) {
-    const sig = ['int64', 'int64', 'int64', 'int64', 'int64', 'int64'];
-    // a fault inside the original must crash the process as it would without us, not become a
-    // JavaScript exception in this callback
-    const orig = new NativeFunction(fn.address, 'int64', sig, { exceptions: 'propagate' });
-    Interceptor.replace(fn.address, new NativeCallback(function (a0, a1, a2, a3, a4, a5) {
-      const tid = this.threadId;
-      const args = [a0, a1, a2, a3, a4, a5].map((x) => ptr(x.toString()));
-      if (Sead.wantCalls) first('onCall', fn, tid, args);
-      let ret;
-      const left = armed.get(fn.name);
-      if (left !== undefined && left <= 1) {
-        armed.delete(fn.name);
-        const tx = { id: ++txid, parent: null, fn: fn, threadId: tid, depth: 0, args: args };
-        const fault = { kind: 'inject', address: fn.address, detail: 'injected failure' };
-        const fixed = Sead.config.fixedValue;
-        const sev = fixed === undefined || fixed === null;
-        let choice = sev ? first('chooseReturnValue', tx, fault) : null;
-        if (choice === null) {
-          choice = { value: int64(sev ? '-1' : fixed),
-            source: 'fixed', why: 'vanilla error virtualization: fixed value' };
-        }
-        first('afterRepair', tx, fault, choice);
-        send({ type: 'inject', function: fn.name, source: choice.source, why: choice.why,
-          value: choice.value.toString() });
-        ret = choice.value;
-      } else {
-        if (left !== undefined) armed.set(fn.name, left - 1);
-        ret = orig(a0, a1, a2, a3, a4, a5);
-      }
-      if (Sead.wantCalls) first('onReturn', fn, tid, ret); // Int64: only toString() is used
-      return ret;
-    }, 'int64', sig));
-  }
-
   rpc.exports = {
     init(config) {
       Sead.config = config;
       for (const p of Sead.plugins) if (typeof p.init === 'function') p.init(config);
       const main = Process.mainModule;
       const skipped = [];
-      const injectable = config.injectable || [];
       // record-only sessions take the C path; with a profile loaded the plugin's JS hooks run
-      const fast = config.profile.record && config.profile.functions === undefined &&
-        injectable.length === 0;
+      const fast = config.profile.record && config.profile.functions === undefined;
       if (fast) {
         config.profile.record = false; // the plugin records nothing itself
         startRecorder();
@@ -198,7 +157,6 @@ EPILOGUE = r"""
         const fn = { name: name, address: address };
         try {
           if (fast) record(fn);
-          else if (injectable.indexOf(name) >= 0) replace(fn);
           else attach(fn);
         } catch (e) {
           skipped.push(name + ': ' + e.message);
@@ -209,12 +167,6 @@ EPILOGUE = r"""
     exports() {
       return Process.mainModule.enumerateExports().filter((e) => e.type === 'function')
         .map((e) => e.name);
-    },
-    inject(name, nth) {
-      if (nth > 0) armed.set(name, nth); else armed.delete(name);
-    },
-    setFixed(value) {
-      Sead.config.fixedValue = value;
     },
     status() {
       if (recorder !== null) drain();

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from healer.profile import Profile, ProfileSession
+from healer.profile._agent import AgentSession
 from targets.kv_server import FUNCTIONS, KvServer, training_requests
 
 
@@ -20,9 +21,9 @@ def kv() -> Iterator[KvServer]:
 
 
 @pytest.fixture
-def sessions() -> Iterator[list[ProfileSession]]:
+def sessions() -> Iterator[list[ProfileSession | AgentSession]]:
     """Sessions appended here are detached in teardown, even when the test fails."""
-    opened: list[ProfileSession] = []
+    opened: list[ProfileSession | AgentSession] = []
     try:
         yield opened
     finally:

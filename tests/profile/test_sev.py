@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from healer.profile import FunctionProfile, Profile, ProfileSession, agent_tables
+from healer.profile import FunctionProfile, Profile, ProfileSession, SessionError, agent_tables
+from healer.profile._agent import AgentSession
 from healer.profile._evaluate import AgentTarget, level3_rate, run_trials
 from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer
 
@@ -73,50 +74,56 @@ def _tiny_profile() -> Profile:
     ("context", ["5", "5", "5", "5"]),  # window (alloc_slot, find_slot, ...): ties -> smallest
 ])
 def test_scheduling_strategies_choose_in_the_target(kv, sessions, strategy, expected):
-    s = ProfileSession(window=15, functions=FUNCTIONS, record=False, ret_bits=32,
-                       tables=agent_tables(_tiny_profile(), strategy=strategy),
-                       injectable=["store_value"])
+    s = AgentSession(kv.pid, FUNCTIONS, agent_tables(_tiny_profile(), strategy=strategy))
     sessions.append(s)
-    s.attach(kv.pid)
     got = []
     for i in range(4):
-        s.inject("store_value", 1)
+        s.inject("store_value")
         assert kv.exchange(["RESET", f"SET k{i} v"]) == ["RESET", "STORED"]
         s.status()
-        got.append(s.injects[-1]["value"])
-        assert s.injects[-1]["why"].startswith(strategy + ":")
+        ev = s.of_type("inject")[-1]
+        got.append(ev["value"])
+        assert ev["why"].startswith(strategy + ":")
     assert got == expected
 
 
-def test_fixed_value_mode_is_vanilla_error_virtualization(kv, sessions, trained):
-    s = ProfileSession(window=15, functions=FUNCTIONS, record=False, ret_bits=32,
-                       tables=agent_tables(trained), injectable=["key_valid"])
+def test_fixed_value_setting_is_vanilla_error_virtualization(kv, sessions, trained):
+    tables = agent_tables(trained)
+    s = AgentSession(kv.pid, FUNCTIONS, dict(tables, fixed="-1"))
     sessions.append(s)
-    s.attach(kv.pid)
-    s.set_fixed(-1)  # -1 is "true" for a C int flag: the malformed key is accepted
-    s.inject("key_valid", 1)
+    s.inject("key_valid")  # -1 is "true" for a C int flag: the malformed key is accepted
     assert kv.exchange(["RESET", "SET bad! 1", "COUNT"]) == ["RESET", "STORED", "COUNT 1"]
-    s.set_fixed(None)  # SEV: in this window training saw key_valid fail -> the request fails
-    s.inject("key_valid", 1)
-    replies = kv.exchange(["RESET", "SET bad! 1", "COUNT"])
+    s.set_profile(dict(tables, fixed="0"))  # 0 is "false": a good key is refused
+    s.inject("key_valid")
+    assert kv.exchange(["RESET", "SET good 1", "COUNT"]) == ["RESET", "ERROR bad key", "COUNT 0"]
+    s.set_profile(tables)  # back to SEV
+    s.inject("key_valid")
+    kv.exchange(["RESET", "SET good 1", "COUNT"])
     s.status()
-    assert [i["source"] for i in s.injects] == ["fixed", "profile"]
-    assert replies[0] == "RESET" and replies[2] in ("COUNT 0", "COUNT 1")
+    got = [(e["selected"], e["value"]) for e in s.of_type("inject")]
+    assert got[:2] == [("fixed", "-1"), ("fixed", "0")]
+    assert got[2][0] == "profile" and int(got[2][1]) in trained.functions["key_valid"].values
+    with pytest.raises(SessionError, match="fixed must be a decimal integer"):
+        s.set_profile(dict(tables, fixed="not a number"))  # refused; the old setting stays
+    s.inject("key_valid")
+    kv.exchange(["GET good"])
+    s.status()
+    assert s.of_type("inject")[-1]["selected"] == "profile"
 
 
 def test_post_evaluation_reports_a_heal_that_leaves_the_profile(kv, sessions, trained):
-    s = ProfileSession(window=15, functions=FUNCTIONS, record=False, ret_bits=32,
-                       tables=agent_tables(trained), injectable=["parse_command"])
+    tables = agent_tables(trained)
+    s = AgentSession(kv.pid, FUNCTIONS, tables)
     sessions.append(s)
-    s.attach(kv.pid)
-    s.inject("parse_command", 1)  # SEV: a value seen in training
+    s.inject("parse_command")  # SEV: a value seen in training
     kv.exchange(["GET k1", "COUNT", "COUNT"])
-    s.set_fixed(77)  # a command code parse_command never returned
-    s.inject("parse_command", 1)
+    s.set_profile(dict(tables, fixed="77"))  # a command code parse_command never returned
+    s.inject("parse_command")
     kv.exchange(["GET k1", "COUNT", "COUNT"])
     st = s.status()
-    assert len(s.posts) == 2
-    first, second = s.posts
+    posts = s.of_type("profile:post")
+    assert len(posts) == 2
+    first, second = posts
     assert (first["taintDepth"], second["taintDepth"]) == (1, 2)
     assert first["ok"], first
     assert not second["ok"]

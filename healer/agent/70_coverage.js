@@ -35,6 +35,70 @@ Sead.coverage = (() => {
     byName.set(name, fn);
   }
 
+  // A function that calls fork()/vfork() itself is never a transaction: the new process cannot be
+  // rolled back, and the memory log would follow its thread with Stalker into fork(), where Frida
+  // loses the child: a child forked from translated code in a process that is itself a fork child
+  // escapes child gating, and with fork excluded from Stalker it resumes in the parent's code cache,
+  // which Frida frees in the child (healer run --follow-children against a prefork server: the
+  // first heal in a connection child crashed it). Found by scanning each function's direct calls
+  // for the PLT stubs of fork/vfork/_Fork (docs/agent.md, "fork").
+  const FORK_CALLS = ['fork', 'vfork', '_Fork'];
+  const MAX_SCAN = 64 * 1024; // bytes of one function scanned for calls
+
+  function forkSlots() {
+    const slots = new Set();
+    for (const i of Process.mainModule.enumerateImports()) {
+      if (FORK_CALLS.indexOf(i.name) >= 0 && i.slot) slots.add(i.slot.toString());
+    }
+    return slots;
+  }
+
+  // The GOT slot a PLT stub jumps through (`[endbr64;] [bnd] jmp [rip+d]`), or null.
+  function pltSlot(address) {
+    let insn;
+    try {
+      insn = Instruction.parse(address);
+    } catch (e) {
+      return null; // not code (a call into data is not a PLT stub)
+    }
+    if (insn.mnemonic === 'endbr64') insn = Instruction.parse(insn.next);
+    if (insn.mnemonic !== 'jmp' || insn.operands[0].type !== 'mem' || insn.operands[0].value.base !== 'rip') {
+      return null;
+    }
+    return insn.next.add(insn.operands[0].value.disp).toString();
+  }
+
+  function callsFork(fn, slots, stubs) {
+    const end = fn.address.add(Math.min(fn.size, MAX_SCAN));
+    for (let a = fn.address; a.compare(end) < 0;) {
+      let insn;
+      try {
+        insn = Instruction.parse(a);
+      } catch (e) {
+        return false; // undecodable bytes (data in .text): stop, the calls seen so far were not fork
+      }
+      if (insn.mnemonic === 'call' && insn.operands[0].type === 'imm') {
+        const target = ptr(insn.operands[0].value).toString();
+        if (!stubs.has(target)) stubs.set(target, slots.has(pltSlot(ptr(target))));
+        if (stubs.get(target)) return true;
+      }
+      a = insn.next;
+    }
+    return false;
+  }
+
+  function markForkers() {
+    const slots = forkSlots();
+    if (slots.size === 0) return;
+    const stubs = new Map(); // call target -> is a fork PLT stub
+    for (const fn of fns) {
+      if (fn.origin === 'symbol' && fn.size > 0 && callsFork(fn, slots, stubs)) {
+        fn.forks = true;
+        note(fn, 'calls fork(): a new process cannot be rolled back, and Frida loses a child forked under the memory log');
+      }
+    }
+  }
+
   function discover() {
     const main = Process.mainModule;
     const inMain = a => a.compare(main.base) >= 0 && a.compare(main.base.add(main.size)) < 0;
@@ -55,6 +119,7 @@ Sead.coverage = (() => {
     }
     infos = Memory.alloc(Sead.txn.FN_INFO_SIZE * (fns.length + 256));
     fns.forEach((fn, i) => attachInfo(fn, i));
+    markForkers();
   }
 
   function attachInfo(fn, i) {
@@ -102,6 +167,7 @@ Sead.coverage = (() => {
 
   function hook(fn) {
     if (fn.listener !== null) return true;
+    if (fn.forks) return false; // listed as unhookable by markForkers()
     if (fn.size !== 0 && fn.size < MIN_HOOK_SIZE) {
       note(fn, `${fn.size} bytes: too small for a 5-byte jump`);
       return false;

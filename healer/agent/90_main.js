@@ -94,7 +94,7 @@ class Agent {
     const signal = new NativeFunction(Module.getGlobalExportByName('signal'), 'pointer', ['int', 'pointer']);
     for (const [num, name, handler] of [[10, 'SIGUSR1', cm.on_usr1], [12, 'SIGUSR2', cm.on_usr2]]) {
       const prev = signal(num, handler);
-      if (prev.isNull()) {
+      if (prev.isNull() || staleHandler(prev)) {
         this.signals.installed.push(name);
       } else {
         signal(num, prev);
@@ -111,6 +111,17 @@ class Agent {
       seen = now;
     }, 200);
   }
+}
+
+// A handler left by the agent of the process we were forked from: fork keeps the disposition, but
+// Frida unloads the parent's script in the child and with it the CModule the handler lives in (a
+// SIGUSR1 then killed every forked worker, and the child's own agent refused the signal as the
+// target's). A target's own handler is executable code; SIG_IGN (1) is not a pointer to code either,
+// but it is the target's choice, so only unmapped or non-executable addresses count as stale.
+function staleHandler(handler) {
+  if (handler.compare(ptr(4096)) < 0) return false; // SIG_IGN, SIG_DFL
+  const range = Process.findRangeByAddress(handler);
+  return range === null || range.protection.indexOf('x') < 0;
 }
 
 const agent = new Agent();

@@ -128,8 +128,7 @@ def test_forking_server_child_forked_after_attach_is_healed(start_server, start_
     healer.wait_count("agent loaded", 3)  # the parent and the two workers that exist already
     for _ in range(3):  # each connection is served by a child forked after the attach
         client = server.connect()
-        try:
-            assert client.ask("PING") == "PONG"
+        try:  # the exploit is the child's first request: it must be instrumented before it runs
             assert client.ask("BAR " + "A" * 100) == "RET -1"
             assert client.ask("PING") == "PONG"
         except OSError as exc:

@@ -195,9 +195,8 @@ def _pct(part: int, whole: int) -> str:
 
 def correctness(profile: Profile, max_nth: int) -> dict[str, Any]:
     """Level 1 and level 3 per mode and per function, through the real agent's injection."""
-    tables = agent_tables(profile)
     modes = {f"SEV {st}": agent_tables(profile, strategy=st) for st in STRATEGIES}
-    modes |= {f"fixed {v}": dict(tables, fixed=str(v)) for v in (0, -1)}
+    modes |= {f"fixed {v}": agent_tables(profile, fixed=v) for v in (0, -1)}
     t0 = time.monotonic()
     trials = run_trials(_start, EVAL_REQUESTS, KV_FUNCTIONS, modes, max_nth=max_nth)
     elapsed = time.monotonic() - t0

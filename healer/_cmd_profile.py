@@ -39,7 +39,8 @@ running when it was attached by pid).
   healer attach 4242 --profile kv.prof                # SEV values, anomaly alerts from the profile
 
 `set` stores how the agent uses the profile (SEV strategy: first, round-robin,
-delayed-round-robin, argument-closest, context (default); anomaly detection) in the file itself.
+delayed-round-robin, argument-closest, context (default); anomaly detection; --fixed-value V to
+heal with a fixed value instead, vanilla error virtualization) in the file itself.
 --trace prints the SEV paper's trace format: `.> f(0x1, 0x2, 0x3, ...)` on entry and
 `.> f(...) = ret` on return. A file name ending in .gz is compressed.
 """
@@ -74,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="set: alert on call windows of N functions never seen in training (0: off)")
     p.add_argument("--on-anomaly", choices=["log", "supervise"],
                    help="set: on an anomaly also supervise that path (default: log only)")
+    p.add_argument("--fixed-value", metavar="V|sev",
+                   help="set: heal with this fixed value instead of SEV (vanilla error "
+                        "virtualization, e.g. to compare); 'sev' goes back to SEV")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,7 +149,8 @@ def _set(args: argparse.Namespace, files: list[str]) -> int:
 
     if len(files) != 1:
         raise CliError("usage: healer profile set FILE [--strategy S] [--function-strategy F=S] "
-                       "[--anomaly-width N] [--on-anomaly log|supervise]", status=2)
+                       "[--anomaly-width N] [--on-anomaly log|supervise] [--fixed-value V|sev]",
+                       status=2)
     prof = _load(files[0])
     st = dict(prof.settings)
     if args.strategy is not None:
@@ -161,6 +166,14 @@ def _set(args: argparse.Namespace, files: list[str]) -> int:
         st["anomaly_width"] = args.anomaly_width
     if args.on_anomaly is not None:
         st["anomaly_action"] = args.on_anomaly
+    if args.fixed_value == "sev":
+        st.pop("fixed", None)
+    elif args.fixed_value is not None:
+        try:
+            st["fixed"] = int(args.fixed_value, 0)
+        except ValueError:
+            raise CliError(f"--fixed-value {args.fixed_value!r}: give an integer (e.g. 0 or -1) "
+                           "or 'sev'", status=2) from None
     try:
         check_settings(st.get("strategy", "context"), per, st.get("anomaly_action", "log"))
     except ValueError as exc:

@@ -29,7 +29,7 @@ def check_settings(strategy: str, strategies: dict[str, str], anomaly_action: st
 
 def agent_tables(profile: Profile, *, strategy: str | None = None,
                  strategies: dict[str, str] | None = None, anomaly_width: int | None = None,
-                 anomaly_action: str | None = None) -> dict[str, Any]:
+                 anomaly_action: str | None = None, fixed: int | None = None) -> dict[str, Any]:
     """``config.profile`` for the agent.
 
     Args:
@@ -38,8 +38,10 @@ def agent_tables(profile: Profile, *, strategy: str | None = None,
         anomaly_width: windows of this many functions never seen in training raise an ``anomaly``
             event (0: no anomaly detection).
         anomaly_action: ``log`` or ``supervise`` (also ask the coverage module to supervise it).
+        fixed: answer this value for every repair instead of a SEV value (vanilla error
+            virtualization through the same agent path; None: SEV).
         An argument left out comes from the profile's settings (``healer profile set``), else
-        ``context``, no per-function strategies, 0, ``log``.
+        ``context``, no per-function strategies, 0, ``log``, SEV.
 
     Error handling:
         An unknown strategy or action raises ValueError naming the accepted ones.
@@ -50,6 +52,7 @@ def agent_tables(profile: Profile, *, strategy: str | None = None,
     anomaly_width = anomaly_width if anomaly_width is not None else st.get("anomaly_width", 0)
     anomaly_action = (anomaly_action if anomaly_action is not None
                       else st.get("anomaly_action", "log"))
+    fixed = fixed if fixed is not None else st.get("fixed")
     check_settings(strategy, strategies, anomaly_action)
     functions: dict[str, Any] = {}
     for name, fp in profile.functions.items():
@@ -67,7 +70,10 @@ def agent_tables(profile: Profile, *, strategy: str | None = None,
             "windows": sorted({"|".join(w[:anomaly_width]) for w in fp.contexts})
             if anomaly_width else [],
         }
-    return {"window": profile.window, "retBits": profile.ret_bits,
-            "strategy": strategy, "strategies": strategies,
-            "anomaly": {"width": anomaly_width, "action": anomaly_action},
-            "functions": functions}
+    tables = {"window": profile.window, "retBits": profile.ret_bits,
+              "strategy": strategy, "strategies": strategies,
+              "anomaly": {"width": anomaly_width, "action": anomaly_action},
+              "functions": functions}
+    if fixed is not None:
+        tables["fixed"] = str(int(fixed))
+    return tables

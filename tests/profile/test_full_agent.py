@@ -138,3 +138,38 @@ def _wait(log: Path, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any] |
                 return e
         time.sleep(0.1)
     return None
+
+
+def test_fixed_value_setting_heals_with_that_value_in_healer_attach(kv, trained, tmp_path):
+    save(trained, tmp_path / "kv.prof")
+    heal = [sys.executable, "-m", "healer"]
+    bad = subprocess.run([*heal, "profile", "set", str(tmp_path / "kv.prof"), "--fixed-value",
+                          "zero"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "give an integer" in bad.stderr
+    ok = subprocess.run([*heal, "profile", "set", str(tmp_path / "kv.prof"), "--fixed-value", "0"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    env = dict(os.environ, SEAD_RUN_DIR=str(tmp_path))
+    log = tmp_path / "healer.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([*heal, "--log-json", "attach", str(kv.pid), "--coverage", "all",
+                                 "--profile", str(tmp_path / "kv.prof")], env=env,
+                                stderr=err, stdout=subprocess.DEVNULL)
+    try:
+        assert _wait(log, lambda e: e.get("event") == "healer ready"), log.read_text()
+        r = subprocess.run([*heal, "inject", str(kv.pid), "--function", "key_valid"], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        # key_valid ran and accepted "good"; the fixed 0 it was made to return means "invalid"
+        assert kv.exchange(["RESET", "SET good 1", "COUNT"]) == ["RESET", "ERROR bad key",
+                                                                 "COUNT 0"]
+        ev = _wait(log, lambda e: e.get("event") == "inject")
+        assert ev is not None, log.read_text()
+        assert (ev["function"], ev["selected"], ev["value"]) == ("key_valid", "fixed", "0")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -20,13 +20,14 @@ def _start(profile: dict[str, Any]) -> AgentTarget:
 
 def test_sev_through_the_real_agent_reaches_level3_more_often_than_a_fixed_value(trained):
     tables = agent_tables(trained)
-    modes = {"sev": tables, "fixed 0": dict(tables, fixed="0"),
-             "fixed -1": dict(tables, fixed="-1")}
+    modes = {"sev": tables, "fixed 0": agent_tables(trained, fixed=0),
+             "fixed -1": agent_tables(trained, fixed=-1)}
     trials = run_trials(_start, EVAL_REQUESTS, FUNCTIONS, modes, max_nth=3)
     level3 = {m: level3_rate(trials, m) for m in modes}
     strict = {m: sum(t.alive and t.same for t in trials if t.mode == m) for m in modes}
     assert level3["sev"][1] == 3 * len(FUNCTIONS) - 2  # remove_slot, count_used: 2 requests each
     assert all(level3[m][1] == level3["sev"][1] for m in modes)
+    assert all(t.alive for t in trials)  # level 1: no heal left kv_server dead
     assert level3["sev"][0] > max(level3["fixed 0"][0], level3["fixed -1"][0])
     assert strict["sev"] > max(strict["fixed 0"], strict["fixed -1"])
     for t in trials:
@@ -89,11 +90,11 @@ def test_scheduling_strategies_choose_in_the_target(kv, sessions, strategy, expe
 
 def test_fixed_value_setting_is_vanilla_error_virtualization(kv, sessions, trained):
     tables = agent_tables(trained)
-    s = AgentSession(kv.pid, FUNCTIONS, dict(tables, fixed="-1"))
+    s = AgentSession(kv.pid, FUNCTIONS, agent_tables(trained, fixed=-1))
     sessions.append(s)
     s.inject("key_valid")  # -1 is "true" for a C int flag: the malformed key is accepted
     assert kv.exchange(["RESET", "SET bad! 1", "COUNT"]) == ["RESET", "STORED", "COUNT 1"]
-    s.set_profile(dict(tables, fixed="0"))  # 0 is "false": a good key is refused
+    s.set_profile(agent_tables(trained, fixed=0))  # 0 is "false": a good key is refused
     s.inject("key_valid")
     assert kv.exchange(["RESET", "SET good 1", "COUNT"]) == ["RESET", "ERROR bad key", "COUNT 0"]
     s.set_profile(tables)  # back to SEV
@@ -117,7 +118,7 @@ def test_post_evaluation_reports_a_heal_that_leaves_the_profile(kv, sessions, tr
     sessions.append(s)
     s.inject("parse_command")  # SEV: a value seen in training
     kv.exchange(["GET k1", "COUNT", "COUNT"])
-    s.set_profile(dict(tables, fixed="77"))  # a command code parse_command never returned
+    s.set_profile(agent_tables(trained, fixed=77))  # a command code parse_command never returned
     s.inject("parse_command")
     kv.exchange(["GET k1", "COUNT", "COUNT"])
     st = s.status()

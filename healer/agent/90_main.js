@@ -7,6 +7,8 @@ class Agent {
   constructor() {
     this.started = false;
     this.signals = { installed: [], refused: [] };
+    this.ownSignals = [];
+    this.signalFn = null;
     this.counters = null;
   }
 
@@ -68,8 +70,15 @@ class Agent {
     Sead.coverage.unhookAll();
     Interceptor.detachAll(); // the plugins' hooks too: a JS onLeave would wait for the unload
     Sead.detectors.revert();
+    this.restoreSignals();
     Sead.flush();
     return true;
+  }
+
+  // The handlers live in this script's CModule, which the unload frees: after a detach the target
+  // must meet its normal fate for these signals again, not jump into freed memory.
+  restoreSignals() {
+    for (const num of this.ownSignals.splice(0)) this.signalFn(num, ptr(0)); // SIG_DFL
   }
 
   status() {
@@ -96,12 +105,14 @@ class Agent {
       const prev = signal(num, handler);
       if (prev.isNull() || staleHandler(prev)) {
         this.signals.installed.push(name);
+        this.ownSignals.push(num);
       } else {
         signal(num, prev);
         this.signals.refused.push(name);
       }
     }
     this.cm = cm;
+    this.signalFn = signal;
     let seen = [0, 0];
     setInterval(() => {
       const now = [this.counters.readU64().toNumber(), this.counters.add(8).readU64().toNumber()];

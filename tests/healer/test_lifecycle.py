@@ -36,6 +36,19 @@ def test_attach_heal_detach_server_keeps_serving(fig1_exes, start_server, start_
     assert server.alive()
 
 
+def test_after_detach_the_paper_signals_are_the_targets_again(fig1_exes, start_server,
+                                                                start_healer):
+    server = start_server(fig1_exes[("-O0", True)])
+    healer = start_healer("attach", str(server.pid), "--disable-plugin", "memlog").ready()
+    done = healer.cli("detach", str(server.pid))
+    assert done.returncode == 0, done.stderr
+    assert healer.wait() == 0
+    assert server.connect().ask("PING") == "PONG 1"  # unloaded: the agent's CModules are freed
+    os.kill(server.pid, signal.SIGUSR2)
+    # SIGUSR2's default action, not a SIGSEGV in the freed handler of the agent
+    assert server.proc.wait(10) == -signal.SIGUSR2
+
+
 def test_ctrl_c_detaches_cleanly(fig1_exes, start_server, start_healer):
     server = start_server(fig1_exes[("-O0", True)])
     healer = start_healer("attach", str(server.pid)).ready()

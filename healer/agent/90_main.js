@@ -69,6 +69,7 @@ class Agent {
     Sead.txn.setEnabled(false);
     Sead.coverage.unhookAll();
     Interceptor.detachAll(); // the plugins' hooks too: a JS onLeave would wait for the unload
+    Sead.each('onDetach'); // no hook can run any more: the wire tells the gateway (UNGUARD)
     Sead.detectors.revert();
     this.restoreSignals();
     Sead.flush();

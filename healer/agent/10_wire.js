@@ -8,11 +8,18 @@
 // for (bounded), a lost one is logged and the gateway, which treats the agent's open transactions
 // as aborted and keeps holding, fails closed; the agent reconnects at the next flush, at most once
 // a second. A forked child (a prefork worker) notices the pid change and opens its own connection.
+//
+// Transactions are announced lazily: BEGIN at a transaction's first socket I/O (with its ancestors
+// not announced yet), COMMIT and ABORT only for announced ones. The gateway holds only bytes that
+// transactions moved, so the others (nearly every supervised call) need no line, and their commit
+// ends in C (wire_commit, a native hook of the core) without entering JavaScript.
 
 const _wireModule = (function () {
   const SEND_TIMEOUT_MS = 1000;
   const HELLO_TIMEOUT_MS = 2000;
   const BUF_SIZE = 64 * 1024;
+  const MAX_THREADS = 256;           // wire.c
+  const ANNOUNCED_SIZE = 8 * (2 + 64); // struct Announced in wire.c
   const MSG_PEEK = 2;
   const AF_INET = 2;
   const AF_INET6 = 10;
@@ -27,17 +34,27 @@ const _wireModule = (function () {
   let queue = [];                // pending lines (objects for IO, so ranges can be coalesced)
   let flushTimer = null;
   const socks = new Map();       // fd -> {cid, out, in, local, peer, announced} | null (not TCP)
+  // threadId -> announced open transactions, outermost first: [{id, parent, out: Set of cids}];
+  // mirrored (ids only) in wire.c's `announced` for the native commit hook.
+  const open = new Map();
+  let announcedMem = null;       // wire.c's per-thread tables (CModule globals are read-only here)
+  let commitCallback = null;
   let nextCid = 1;
   const counters = { lines: 0, flushes: 0, bytes: 0, connects: 0, lostLines: 0, errs: 0,
-    gradual: 0, sendFailures: 0 };
+    gradual: 0, sendFailures: 0, announced: 0, commits: 0, aborts: 0, unguards: 0 };
 
   function load() {
     if (cm !== null) return;
     const libc = Process.getModuleByName('libc.so.6');
     const sym = n => libc.getExportByName(n);
+    announcedMem = Memory.alloc(MAX_THREADS * ANNOUNCED_SIZE);
+    commitCallback = new NativeCallback(id => {
+      committed(Process.getCurrentThreadId(), id.toNumber());
+    }, 'void', ['uint64']);
     cm = new CModule(CSOURCE['wire.c'], {
       socket: sym('socket'), connect: sym('connect'), send: sym('send'), recv: sym('recv'),
       poll: sym('poll'), close: sym('close'), __errno_location: sym('__errno_location'),
+      announced: announcedMem, wire_js_commit: commitCallback,
     });
     // 'exclusive': the JS lock stays held during these short calls. Otherwise sendAll released it
     // and two flushes (the 2 ms timer on Frida's JS thread, a COMMIT on the target's) could take
@@ -49,6 +66,8 @@ const _wireModule = (function () {
       sendAll: new NativeFunction(cm.wire_send_all, 'int', ['int', 'pointer', 'int', 'int'], opts),
       recv: new NativeFunction(cm.wire_recv, 'int', ['int', 'pointer', 'int', 'int'], opts),
       close: new NativeFunction(sym('close'), 'int', ['int'], opts),
+      announce: new NativeFunction(cm.wire_announce, 'int', ['uint64'], opts),
+      forget: new NativeFunction(cm.wire_forget, 'void', ['uint64'], opts),
       getpid: new NativeFunction(sym('getpid'), 'int', [], opts),
       getsockname: new NativeFunction(sym('getsockname'), 'int', ['int', 'pointer', 'pointer'], opts),
       getpeername: new NativeFunction(sym('getpeername'), 'int', ['int', 'pointer', 'pointer'], opts),
@@ -253,7 +272,50 @@ const _wireModule = (function () {
   }
 
   function currentTx(threadId) {
-    return Sead.txn !== undefined ? Sead.txn.current(threadId) : null;
+    const tx = Sead.txn !== undefined ? Sead.txn.current(threadId) : null;
+    return tx === undefined ? null : tx;
+  }
+
+  // The thread's announced records that are still open, given its innermost open transaction:
+  // records whose transactions ended without an epilogue (longjmp) are dropped here and in C.
+  function live(threadId, inner) {
+    const st = open.get(threadId);
+    if (st === undefined || st.length === 0) return [];
+    const ids = [];
+    for (let tx = inner; tx !== null; tx = tx.parent) ids.unshift(tx.id);
+    let i = 0;
+    while (i < st.length && i < ids.length && st[i].id === ids[i]) i++;
+    if (i < st.length) {
+      c.forget(st[i].id);
+      st.length = i;
+    }
+    return st;
+  }
+
+  // Announce `inner` and its ancestors that are not announced yet; returns inner's record.
+  function announce(threadId, inner) {
+    let st = live(threadId, inner);
+    const chain = [];
+    for (let tx = inner; tx !== null && (st.length === 0 || tx.id !== st[st.length - 1].id);
+      tx = tx.parent) chain.unshift(tx);
+    if (chain.length === 0) return st[st.length - 1];
+    if (st.length === 0) {
+      st = [];
+      open.set(threadId, st);
+      c.forget(0); // a dead thread's leftovers (glibc reuses its control block, wire.c's key)
+    }
+    for (const tx of chain) {
+      const parent = st.length ? st[st.length - 1] : null;
+      const rec = { id: tx.id, parent, out: new Set() };
+      if (c.announce(tx.id) !== 0) {
+        log('error', 'announce-overflow', { tx: tx.id,
+          effect: 'its commit is not sent: the gateway holds its output until a bound' });
+      }
+      st.push(rec);
+      queue.push(`BEGIN ${tx.id} ${parent === null ? '-' : parent.id}`);
+      counters.announced++;
+    }
+    return st[st.length - 1];
   }
 
   // Bytes [start, end) moved on s; inside a transaction they belong to its innermost one.
@@ -261,11 +323,13 @@ const _wireModule = (function () {
     const start = s[dir];
     const end = start + n;
     s[dir] = end;
+    if (control === null) return; // no gateway: offsets only (nothing would ever send the lines)
     const tx = currentTx(threadId);
-    if (tx === null || tx === undefined) {
+    if (tx === null) {
       if (dir === 'out') push(`RELEASE ${s.cid} ${end}`, true);
       return;
     }
+    const rec = announce(threadId, tx);
     const last = queue[queue.length - 1];
     if (last !== undefined && typeof last !== 'string' && last.tx === tx.id && last.cid === s.cid &&
         last.dir === dir && last.end === start) {
@@ -273,21 +337,19 @@ const _wireModule = (function () {
     } else {
       push({ tx: tx.id, cid: s.cid, dir, start, end }, false);
     }
-    if (dir === 'out') {
-      if (tx._wireOut === undefined) tx._wireOut = new Set();
-      tx._wireOut.add(s.cid);
-    }
+    if (dir === 'out') rec.out.add(s.cid);
   }
 
   // Before a read inside a transaction that wrote on this socket: release that output (GRADUAL)
   // and make the memory changed so far permanent, or the request/response exchange deadlocks.
   function beforeInput(threadId, s) {
+    if (control === null) return;
     const inner = currentTx(threadId);
-    if (inner === null || inner === undefined) return;
+    if (inner === null) return;
     let any = false;
-    for (let tx = inner; tx !== null && tx !== undefined; tx = tx.parent) {
-      if (tx._wireOut !== undefined && tx._wireOut.delete(s.cid)) {
-        queue.push(`GRADUAL ${tx.id} ${s.cid}`);
+    for (const rec of live(threadId, inner)) {
+      if (rec.out.delete(s.cid)) {
+        queue.push(`GRADUAL ${rec.id} ${s.cid}`);
         any = true;
       }
     }
@@ -295,6 +357,31 @@ const _wireModule = (function () {
     counters.gradual++;
     if (Sead.memlog !== undefined) Sead.memlog.gradual(inner);
     flush();
+  }
+
+  // An announced transaction committed (wire_commit popped it in C): a nested one hands its
+  // output sockets to its parent (GRADUAL before the parent's reads), a root one's output is
+  // releasable at once.
+  function committed(threadId, id) {
+    const st = open.get(threadId);
+    const i = st === undefined ? -1 : st.findIndex(r => r.id === id);
+    if (i < 0) return;
+    const rec = st[i];
+    st.length = i;
+    if (rec.parent !== null) for (const cid of rec.out) rec.parent.out.add(cid);
+    counters.commits++;
+    push(`COMMIT ${id}`, rec.parent === null);
+  }
+
+  // tx (and any open child) aborted: only an announced one has anything on the wire.
+  function aborted(tx, fault) {
+    const st = open.get(tx.threadId);
+    const i = st === undefined ? -1 : st.findIndex(r => r.id === tx.id);
+    if (i < 0) return;
+    st.length = i;
+    c.forget(tx.id);
+    counters.aborts++;
+    push(`ABORT ${tx.id} ${reasonWord(fault)}`, true);
   }
 
   // --- hooks ----------------------------------------------------------------------------------
@@ -340,6 +427,20 @@ const _wireModule = (function () {
     });
   }
 
+  // Clean detach (the core's onDetach, before the hooks go): nothing can be rolled back any more,
+  // so the announced transactions still open are committed, innermost first, and UNGUARD tells
+  // the gateway to stop holding this process's output; flushed at once. A crash sends nothing:
+  // the gateway then aborts the open transactions and stays guarded (fail closed).
+  function unguard() {
+    if (control === null) return;
+    for (const st of open.values()) {
+      for (let i = st.length - 1; i >= 0; i--) queue.push(`COMMIT ${st[i].id}`);
+      st.length = 0;
+    }
+    counters.unguards++;
+    push('UNGUARD', true);
+  }
+
   // --- the protocol's messages ----------------------------------------------------------------
 
   function reasonWord(fault) {
@@ -364,20 +465,12 @@ const _wireModule = (function () {
       const s = socks.get(sfd);
       return s ? { cid: s.cid, out: s.out, in: s.in } : null;
     },
-    begin(tx) { push(`BEGIN ${tx.id} ${tx.parent ? tx.parent.id : '-'}`, false); },
-    io(tx, cid, dir, start, end) { push({ tx: tx.id, cid, dir, start, end }, false); },
-    commit(tx) {
-      if (tx.parent && tx._wireOut !== undefined) {
-        if (tx.parent._wireOut === undefined) tx.parent._wireOut = new Set();
-        for (const cid of tx._wireOut) tx.parent._wireOut.add(cid);
-      }
-      push(`COMMIT ${tx.id}`, !tx.parent);
-    },
-    abort(tx, fault) { push(`ABORT ${tx.id} ${reasonWord(fault)}`, true); },
-    gradual(tx, cid) { push(`GRADUAL ${tx.id} ${cid}`, true); },
+    nativeHooks() { return { commit: cm.wire_commit }; },
+    abort: aborted,
     release(cid, upto) { push(`RELEASE ${cid} ${upto}`, true); },
     close(cid) { push(`CLOSE ${cid}`, true); },
     flush,
+    unguard,
     stats() { return Object.assign({ connected: fd >= 0, sockets: socks.size }, counters); },
   };
   return api;
@@ -387,9 +480,11 @@ Sead.wire = _wireModule;
 
 Sead.use({
   name: 'wire',
-  init(config) { _wireModule.init(config); },
-  onTxBegin(tx) { _wireModule.begin(tx); },
-  onTxCommit(tx) { _wireModule.commit(tx); },
+  init(config) {
+    _wireModule.init(config);
+    Sead.txn.addNativeHooks(_wireModule.nativeHooks());
+  },
   onTxAbort(tx, fault) { _wireModule.abort(tx, fault); },
+  onDetach() { _wireModule.unguard(); },
   status() { return { wire: _wireModule.stats() }; },
 });

@@ -10,7 +10,9 @@
 // the bytes it is about to overwrite into the thread's preallocated log, unless they lie on the
 // thread's own stack below the innermost transaction's entry sp (that frame dies with the
 // virtualized return). A transaction's marker is the log length at its entry; rollback undoes back
-// to it, newest first. docs/memlog-and-wire.md has the details and the limits.
+// to it, newest first. Markers and the gate are kept in C (memlog_begin/memlog_commit, native
+// hooks of the core): a supervised call enters JavaScript here only to follow a thread the first
+// time (memlog_js_enable) and to roll back. docs/memlog-and-wire.md has the details and the limits.
 
 const _memlogModule = (function () {
   const DESC_REP = 1;
@@ -19,9 +21,12 @@ const _memlogModule = (function () {
   const DESC_MASKED = 8;
   const DESC_SIZE = 24;              // struct _StoreDesc
   const DESC_SLAB = 64 * 1024;
-  const LOG_STRUCT = 13 * 8;         // struct _MemLog
+  const MAX_MARKERS = 64;            // memlog.c
+  const MAX_THREADS = 256;
+  const LOG_STRUCT = 16 * 8 + MAX_MARKERS * 32; // struct _MemLog
   const F = { buf: 0, cap: 8, len: 16, on: 24, skipLo: 32, skipHi: 40, fsBase: 48, logged: 56,
-    loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96 };
+    loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96, key: 104,
+    refollow: 112, n: 120 };
 
   // Register numbers understood by reg_value() in memlog.c.
   const REGS = {};
@@ -39,7 +44,7 @@ const _memlogModule = (function () {
   let cm = null;
   let config = {};
   let logBytes = 4 * 1024 * 1024;
-  const threads = new Map();   // threadId -> {log, markers: [{tx, pos, skipHi}], descs: Map}
+  const threads = new Map();   // threadId -> {log, buf, descs: Map, transform}
   let slab = null;
   let slabUsed = DESC_SLAB;
   const slabs = [];            // keeps every slab alive (Memory.alloc frees on GC)
@@ -48,16 +53,25 @@ const _memlogModule = (function () {
   const fridaCode = [];        // [lo, hi) of Frida's executable mappings
   let resumeStub = null;       // code a healed thread resumes at: re-enters Stalker (makeResumeStub)
   let reenter = null;          // its NativeCallback
+  let enableCallback = null;   // memlog_js_enable: memlog_begin on a thread not followed (yet)
+  const logs = Memory.alloc(MAX_THREADS * 8); // memlog.c's thread -> MemLog table
 
   function load() {
     if (cm !== null) return;
     const libc = Process.getModuleByName('libc.so.6');
+    enableCallback = new NativeCallback(sp => {
+      enableThread(Process.getCurrentThreadId(), sp);
+    }, 'void', ['pointer']);
     cm = new CModule(CSOURCE['memlog.c'], {
       memlog_process_vm_readv: libc.getExportByName('process_vm_readv'),
       memlog_getpid: libc.getExportByName('getpid'),
+      logs, memlog_js_enable: enableCallback,
     });
-    cm._rollback = new NativeFunction(cm.memlog_rollback, 'uint64', ['pointer', 'uint64'],
-      { exceptions: 'propagate' });
+    const opts = { exceptions: 'propagate' };
+    cm._abort = new NativeFunction(cm.memlog_abort, 'int64', ['pointer', 'uint64', 'int', 'pointer'],
+      opts);
+    cm._gradual = new NativeFunction(cm.memlog_gradual, 'uint64', ['pointer'], opts);
+    cm._register = new NativeFunction(cm.memlog_register, 'int', ['pointer'], opts);
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
     excludeFrida();
     makeResumeStub();
@@ -267,8 +281,8 @@ const _memlogModule = (function () {
   function enableThread(threadId, sp) {
     let st = threads.get(threadId);
     if (st !== undefined) {
-      if (st.unfollowed) {
-        st.unfollowed = false;
+      if (st.log.add(F.refollow).readU64().toNumber() !== 0) {
+        st.log.add(F.refollow).writeU64(0);
         follow(st);
         refollows++;
       }
@@ -281,58 +295,25 @@ const _memlogModule = (function () {
     log.add(F.cap).writeU64(logBytes);
     log.add(F.skipLo).writePointer(stackLow(sp || ptr(0)));
     log.add(F.fsBase).writePointer(cm._pthreadSelf());
-    st = { threadId, log, buf, markers: [], descs: new Map(), transform: null, unfollowed: false };
+    st = { threadId, log, buf, descs: new Map(), transform: null };
     st.transform = transformFor(st);
+    if (cm._register(log) !== 0) throw new Error(`memlog: more than ${MAX_THREADS} threads`);
     threads.set(threadId, st);
     follow(st);
     return st;
   }
 
-  function setGate(st) {
-    const top = st.markers[st.markers.length - 1];
-    st.log.add(F.on).writeU64(top === undefined ? 0 : 1);
-    if (top !== undefined) st.log.add(F.skipHi).writePointer(top.skipHi);
-  }
-
-  function popTo(st, tx) {
-    for (let i = st.markers.length - 1; i >= 0; i--) {
-      if (st.markers[i].tx === tx) {
-        const m = st.markers[i];
-        st.markers.length = i;
-        return m;
-      }
-    }
-    return null;
-  }
-
-  function mark(tx) {
-    const st = enableThread(tx.threadId, tx.entrySp);
-    st.markers.push({
-      tx, pos: st.log.add(F.len).readU64(), skipHi: tx.entrySp.add(8),
-      overflows: st.log.add(F.overflows).readU64(),
-    });
-    setGate(st);
-  }
-
-  // Root: the entries are dropped. Nested: they stay, now owned by the parent.
-  function commit(tx) {
-    const st = threads.get(tx.threadId);
-    if (st === undefined || popTo(st, tx) === null) return;
-    if (st.markers.length === 0) st.log.add(F.len).writeU64(0);
-    setGate(st);
-  }
+  function openCount(st) { return st.log.add(F.n).readU64().toNumber(); }
 
   // Undo tx's stores (and those of any open child), newest first. With config.rollback === false
   // (tests that prove the log matters) the entries are dropped without restoring.
   function rollback(tx) {
     const st = threads.get(tx.threadId);
-    const m = st === undefined ? null : popTo(st, tx);
-    if (m === null) return { restored: 0, complete: false, why: 'no marker for this transaction' };
-    let restored = 0;
-    if (config.rollback === false) st.log.add(F.len).writeU64(m.pos);
-    else restored = cm._rollback(st.log, m.pos).toNumber();
-    const complete = st.log.add(F.overflows).readU64().equals(m.overflows);
-    setGate(st);
+    const flag = Memory.alloc(8);
+    const restored = st === undefined ? -1
+      : cm._abort(st.log, uint64(tx.id), config.rollback === false ? 0 : 1, flag).toNumber();
+    if (restored < 0) return { restored: 0, complete: false, why: 'no marker for this transaction' };
+    const complete = flag.readU64().toNumber() !== 0;
     if (!complete) {
       Sead.log('error', 'memlog-overflow', { tx: tx.id,
         why: `the log (${logBytes} bytes a thread) filled up: rollback is incomplete; raise memlog.bytes` });
@@ -344,14 +325,7 @@ const _memlogModule = (function () {
   // its thread (tx and its ancestors) becomes permanent.
   function gradual(tx) {
     const st = threads.get(tx.threadId);
-    if (st === undefined) return 0;
-    const len = st.log.add(F.len).readU64();
-    st.log.add(F.len).writeU64(0);
-    for (const m of st.markers) {
-      m.pos = uint64(0);
-      m.overflows = st.log.add(F.overflows).readU64();
-    }
-    return len.toNumber();
+    return st === undefined ? 0 : cm._gradual(st.log).toNumber();
   }
 
   // A fault was healed: `context` resumes the thread at its caller. With a parent transaction
@@ -363,8 +337,8 @@ const _memlogModule = (function () {
     const st = threads.get(tx.threadId);
     if (st === undefined) return;
     Stalker.unfollow(tx.threadId);   // takes effect when the exception handler returns
-    if (st.markers.length === 0) {
-      st.unfollowed = true;
+    if (openCount(st) === 0) {
+      st.log.add(F.refollow).writeU64(1);
       return;
     }
     const sp = context.sp;
@@ -390,16 +364,22 @@ const _memlogModule = (function () {
     if (config.memlog && config.memlog.bytes) logBytes = config.memlog.bytes;
   }
 
-  return { configure, enableThread, mark, commit, rollback, gradual, beforeResume, stats };
+  function nativeHooks() {
+    load();
+    return { begin: cm.memlog_begin, commit: cm.memlog_commit };
+  }
+
+  return { configure, enableThread, rollback, gradual, beforeResume, stats, nativeHooks };
 })();
 
 Sead.memlog = _memlogModule;
 
 Sead.use({
   name: 'memlog',
-  init(config) { _memlogModule.configure(config); },
-  onTxBegin(tx) { _memlogModule.mark(tx); },
-  onTxCommit(tx) { _memlogModule.commit(tx); },
+  init(config) {
+    _memlogModule.configure(config);
+    Sead.txn.addNativeHooks(_memlogModule.nativeHooks());
+  },
   onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
   beforeResume(tx, context) { _memlogModule.beforeResume(tx, context); },
   status() { return { memlog: _memlogModule.stats() }; },

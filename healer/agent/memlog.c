@@ -15,6 +15,18 @@
 
 typedef struct _MemLog MemLog;
 typedef struct _StoreDesc StoreDesc;
+typedef struct _Marker Marker;
+
+#define MAX_MARKERS 64 /* the core's MAX_FRAMES */
+#define MAX_THREADS 256
+
+/* An open transaction's start in the log: rollback undoes back to pos. */
+struct _Marker {
+  guint64 id;         /* the transaction (Frame.id in txn.c) */
+  guint64 pos;        /* log length at its entry */
+  guint64 skip_hi;    /* its entry sp + 8: the stack below dies with a virtualized return */
+  guint64 overflows;  /* log->overflows at its entry: more later means rollback is incomplete */
+};
 
 struct _MemLog {
   guint8 *buf;          /* preallocated storage */
@@ -30,6 +42,10 @@ struct _MemLog {
   guint64 overflows;    /* stores that did not fit: this log can no longer roll back completely */
   guint64 unreadable;   /* masked stores whose tail lies on an unmapped page (tail not logged) */
   guint64 restored;
+  guint64 key;          /* the thread's control block (%fs:0): memlog_thread() finds the log */
+  guint64 refollow;     /* a root heal stopped following: the next transaction follows again */
+  guint64 n;            /* open transactions (markers) */
+  Marker markers[MAX_MARKERS];
 };
 
 enum {
@@ -173,4 +189,150 @@ memlog_rollback (MemLog *log, guint64 pos)
 void
 memlog_no_events (const void * event, void * cpu_context, void * user_data)
 {
+}
+
+/*
+ * Per-transaction work in C (the core's native hooks, Sead.txn.addNativeHooks), so a supervised
+ * call never enters JavaScript for the log: only a thread's first transaction (and the first
+ * after a root heal) calls memlog_js_enable, which follows the thread with Stalker.  `logs` (from
+ * 20_memlog.js) maps a thread's control block (%fs:0, = its fs base) to its MemLog.
+ */
+extern MemLog * logs[MAX_THREADS];
+extern void memlog_js_enable (guint64 sp);
+
+static guint64
+thread_key (void)
+{
+  guint64 k;
+  __asm__ ("movq %%fs:0, %0" : "=r" (k));
+  return k;
+}
+
+static MemLog *
+memlog_thread (void)
+{
+  guint64 key = thread_key ();
+  guint k;
+  for (k = 0; k < MAX_THREADS; k++)
+  {
+    MemLog * log = logs[((key >> 12) + k) % MAX_THREADS];
+    if (log == NULL)
+      return NULL;
+    if (log->key == key)
+      return log;
+  }
+  return NULL;
+}
+
+/* Registers the calling thread's log (20_memlog.js, on the thread, under the JS lock). */
+int
+memlog_register (MemLog * log)
+{
+  guint64 key = thread_key ();
+  guint k;
+  log->key = key;
+  for (k = 0; k < MAX_THREADS; k++)
+  {
+    MemLog ** slot = &logs[((key >> 12) + k) % MAX_THREADS];
+    if (*slot == NULL || (*slot)->key == key)
+    {
+      *slot = log;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static void
+set_gate (MemLog * log)
+{
+  if (log->n > 0)
+    log->skip_hi = log->markers[log->n - 1].skip_hi;
+  log->on = log->n > 0;
+}
+
+/* Frame in txn.c starts: id, fn, sp. */
+void
+memlog_begin (const guint64 * frame, guint64 tid)
+{
+  MemLog * log = memlog_thread ();
+  Marker * m;
+  if (log == NULL || log->refollow)
+  {
+    memlog_js_enable (frame[2]);
+    log = memlog_thread ();
+    if (log == NULL)
+      return;
+  }
+  if (log->n >= MAX_MARKERS)
+    return; /* cannot happen: the core opens at most MAX_FRAMES */
+  m = &log->markers[log->n++];
+  m->id = frame[0];
+  m->pos = log->len;
+  m->skip_hi = frame[2] + 8;
+  m->overflows = log->overflows;
+  set_gate (log);
+}
+
+/* Index of transaction id's marker, or -1. */
+static gint64
+find_marker (MemLog * log, guint64 id)
+{
+  gint64 i;
+  for (i = (gint64) log->n - 1; i >= 0; i--)
+    if (log->markers[i].id == id)
+      return i;
+  return -1;
+}
+
+/* Root: the entries are dropped. Nested: they stay, now owned by the parent. */
+void
+memlog_commit (const guint64 * frame, guint64 tid)
+{
+  MemLog * log = memlog_thread ();
+  gint64 i;
+  if (log == NULL || (i = find_marker (log, frame[0])) < 0)
+    return;
+  log->n = (guint64) i;
+  if (log->n == 0)
+    log->len = 0;
+  set_gate (log);
+}
+
+/*
+ * Transaction id aborts: its stores and those of any open child are undone newest first (or, with
+ * restore == 0, dropped).  Returns the entries restored, -1 without a marker; *complete is 0 when
+ * a store did not fit in the log since the transaction began.
+ */
+gint64
+memlog_abort (MemLog * log, guint64 id, int restore, guint64 * complete)
+{
+  gint64 i = find_marker (log, id);
+  Marker * m;
+  gint64 restored = 0;
+  if (i < 0)
+    return -1;
+  m = &log->markers[i];
+  *complete = log->overflows == m->overflows;
+  if (restore)
+    restored = (gint64) memlog_rollback (log, m->pos);
+  else
+    log->len = m->pos;
+  log->n = (guint64) i;
+  set_gate (log);
+  return restored;
+}
+
+/* Gradual commit: everything logged so far on this thread becomes permanent. */
+guint64
+memlog_gradual (MemLog * log)
+{
+  guint64 len = log->len, i;
+  log->len = 0;
+  for (i = 0; i < log->n; i++)
+  {
+    log->markers[i].pos = 0;
+    log->markers[i].overflows = log->overflows;
+  }
+  return len;
 }

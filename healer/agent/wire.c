@@ -103,3 +103,95 @@ wire_recv (int fd, guint8 *buf, int cap, int timeout_ms)
   int err = *__errno_location ();
   return err == EAGAIN ? 0 : -err;
 }
+
+/*
+ * Lazy announcement (docs/memlog-and-wire.md): a transaction is announced (BEGIN) only at its
+ * first socket I/O, together with its not yet announced ancestors, so the announced transactions
+ * of a thread are always the outermost ones of its open stack.  Their ids are kept here, per
+ * thread, so that the commit of a transaction that was never announced (nearly every supervised
+ * call) ends in C, in the core's native commit hook, without entering JavaScript.  Memory comes
+ * from 10_wire.js (`announced`); the thread is keyed by its control block (%fs:0), as in txn.c.
+ */
+#define MAX_THREADS 256
+#define MAX_OPEN 64 /* the core's MAX_FRAMES */
+
+typedef struct {
+  guint64 key;
+  guint64 n;
+  guint64 ids[MAX_OPEN]; /* increasing: a child's id is larger than its parent's */
+} Announced;
+
+extern Announced announced[MAX_THREADS];
+/* 10_wire.js: sends COMMIT for an announced transaction (its id already popped here). */
+extern void wire_js_commit (guint64 id);
+
+static guint64
+thread_key (void)
+{
+  guint64 k;
+  __asm__ ("movq %%fs:0, %0" : "=r" (k));
+  return k;
+}
+
+static Announced *
+announced_slot (int create)
+{
+  guint64 key = thread_key ();
+  guint i, k;
+  for (k = 0; k < MAX_THREADS; k++)
+  {
+    Announced * a = &announced[((key >> 12) + k) % MAX_THREADS];
+    if (a->key == key)
+      return a;
+    if (a->key == 0)
+    {
+      if (!create)
+        return NULL;
+      guint64 prev;
+      __asm__ __volatile__ ("lock cmpxchgq %2, %1"
+          : "=a" (prev), "+m" (a->key) : "r" (key), "0" ((guint64) 0) : "memory");
+      if (prev == 0)
+        return a;
+    }
+  }
+  return NULL;
+}
+
+/* The calling thread's transaction `id` was announced (BEGIN queued). 0, or -1 if full. */
+int
+wire_announce (guint64 id)
+{
+  Announced * a = announced_slot (1);
+  if (a == NULL || a->n >= MAX_OPEN)
+    return -1;
+  a->ids[a->n++] = id;
+  return 0;
+}
+
+/* Forget `id` and every later announced transaction of the calling thread (aborted together, or
+ * gone without an epilogue). */
+void
+wire_forget (guint64 id)
+{
+  Announced * a = announced_slot (0);
+  while (a != NULL && a->n > 0 && a->ids[a->n - 1] >= id)
+    a->n--;
+}
+
+/* The core's native commit hook (Sead.txn.addNativeHooks): `frame` starts with the transaction id
+ * (Frame in txn.c).  Announced ones are handed to JavaScript; the rest cost one lookup. */
+void
+wire_commit (const guint64 * frame, guint64 tid)
+{
+  Announced * a = announced_slot (0);
+  guint64 id = frame[0];
+  if (a == NULL || a->n == 0)
+    return;
+  while (a->n > 0 && a->ids[a->n - 1] > id)
+    a->n--; /* announced children that never reached their epilogue (longjmp) */
+  if (a->n > 0 && a->ids[a->n - 1] == id)
+  {
+    a->n--;
+    wire_js_commit (id);
+  }
+}

@@ -44,6 +44,14 @@ def _crawl(ns: str, url: str, out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
+def _wire_status(pid: int) -> dict[str, int]:
+    """The agent's wire counters (``healer status PID``)."""
+    out = subprocess.run([sys.executable, "-m", "healer", "status", str(pid)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout)["agents"][str(pid)]["wire"])
+
+
 def _gateway_stats(control: Path) -> dict[str, object]:
     out = subprocess.run([sys.executable, "-m", "vproxy", "stats", "--control", str(control),
                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -68,6 +76,7 @@ def test_manual_crosses_the_guarded_gateway_complete_and_byte_identical(
         with healer_attached(httpd.pid, control, shm / "healer.log",
                              "--coverage", f"list:{coverage}"):
             via = _crawl(topo.client_ns, f"http://{topo.gw_client_addr}/manual/", shm / "g")
+            wire = _wire_status(httpd.pid)
             stats = _gateway_stats(control)
         access = (httpd.root / "access.log").read_text().splitlines()[before:]
         assert httpd.proc.poll() is None, "Apache died under the healer"
@@ -79,6 +88,9 @@ def test_manual_crosses_the_guarded_gateway_complete_and_byte_identical(
     # every request of the second crawl reached Apache from the gateway's address, none directly
     assert len(access) >= len(via)
     assert {line.split()[0] for line in access} == {topo.gw_server_addr}
-    # and every one was a transaction the gateway held until its commit
-    assert int(stats["committed"]) >= len(access)  # type: ignore[call-overload]
+    # and every request transaction that moved bytes was announced to the gateway, which held
+    # its output until its commit (the agent announces a transaction at its first socket I/O:
+    # a request whose reply Apache writes after the function returned has nothing to announce)
+    assert 0 < wire["announced"] == wire["commits"]
+    assert int(stats["committed"]) >= wire["commits"]  # type: ignore[call-overload]
     assert int(stats["aborted"]) == 0  # type: ignore[call-overload]

@@ -29,7 +29,7 @@ class Wires:
 
 
 async def replay_healed(name: str, topo: netns.Topology, servers: sc.Servers, control: Path,
-                        *healer_flags: str) -> Wires:
+                        *healer_flags: str, gateway_aborts: bool = True) -> Wires:
     scenario = sc.load(HERE / name)
     layout = sc.start_in_namespaces(servers, scenario, topo, control)
     sc.attach_healer(servers, layout, HERE / "payfront.pol", extra=healer_flags)
@@ -40,14 +40,17 @@ async def replay_healed(name: str, topo: netns.Topology, servers: sc.Servers, co
     outcome.notes += servers.notes()
     assert outcome.passed, sc.render(outcome, verbose=True)
     assert layout.payfront.proc.poll() is None, "payfront must survive the attack"
-    assert outcome.gateway is not None and outcome.gateway["aborted"] >= 1
+    assert outcome.gateway is not None
+    # The agent announces a transaction only once it moves socket bytes: the gateway hears of
+    # an abort only when the aborted transaction did I/O.
+    assert outcome.gateway["aborted"] >= 1 or not gateway_aborts
     return Wires(outcome, client_link.from_port(sc.FRONT_PORT),
                  ledger_link.to_port(sc.LEDGER_PORT), ledger_link.from_port(sc.LEDGER_PORT))
 
 
 async def test_fault_before_any_output(topo: netns.Topology, servers: sc.Servers,
                                        control: Path) -> None:
-    w = await replay_healed("heal-login.yaml", topo, servers, control)
+    w = await replay_healed("heal-login.yaml", topo, servers, control, gateway_aborts=False)
     # The smashed check answered "not authenticated": one refusal, and only the legit login of
     # alice succeeded (the attack's LOGIN alice never produced a welcome).
     assert w.to_clients.count(b"ERR denied\n") == 1

@@ -9,7 +9,7 @@ alternately (A B C ... A B C ...) so that drift on the shared machine hits them 
 - ``vproxy-pass``: ``vproxy serve --protocol http --control ..`` with no healer paired
   (pass-through);
 - ``vproxy-none|cosak|all``: a second, identical gateway with ``healer attach --coverage X``
-  paired (a gateway that was once guarded stays guarded after the healer leaves: fail closed);
+  paired (the healer's detach sends UNGUARD: the gateway is back to pass-through in between);
 - ``vproxy-request``: the same with ``--coverage list:`` ``ap_process_async_request``: each
   request is one transaction whose output the gateway holds until it commits;
   ``vproxy-request-nolog`` the same without the memory log (``--disable-plugin memlog``), to see
@@ -17,7 +17,9 @@ alternately (A B C ... A B C ...) so that drift on the shared machine hits them 
 
 Each guarded crawl gets a freshly started Apache (attached after its start-up, as in the paper),
 so the native and proxy baselines run on an Apache the healer never touched; whether Apache
-survives the healer's detach is recorded. Before a guarded configuration is timed, one request must
+survives the healer's detach is recorded, and so are the agent's counters per request (``healer
+status`` before and after the crawl: supervised calls, control lines and flushes, transactions
+announced to the gateway, stores logged). Before a guarded configuration is timed, one request must
 come back through it within 30 s; otherwise it is reported as not available with what happened.
 
 Prints a table like the paper's (seconds, ms per request, slowdown), writes
@@ -84,6 +86,7 @@ class Config:
     crawls: list[Crawl] = field(default_factory=list)
     attach_seconds: list[float] = field(default_factory=list)
     survived_detach: list[bool] = field(default_factory=list)  # Apache alive after the detach
+    per_request: dict[str, float] = field(default_factory=dict)  # agent counters, last crawl
 
 
 def _cpu(pid: int | None) -> float:
@@ -220,6 +223,22 @@ def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
         cfg.survived_detach.append(fresh.proc.poll() is None)
 
 
+AGENT_COUNTERS = {"supervised_calls": ("txn", "supervisedCalls"), "wire_lines": ("wire", "lines"),
+                  "wire_flushes": ("wire", "flushes"), "announced": ("wire", "announced"),
+                  "logged_stores": ("memlog", "logged")}
+
+
+def _agent_counters(pid: int) -> dict[str, float]:
+    """The agent's cumulative counters in ``pid`` (``healer status``); empty if unavailable."""
+    out = subprocess.run([sys.executable, "-m", "healer", "status", str(pid)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        return {}
+    agent = json.loads(out.stdout).get("agents", {}).get(str(pid), {})
+    return {name: float(agent.get(part, {}).get(key, 0))
+            for name, (part, key) in AGENT_COUNTERS.items()}
+
+
 def _guarded_crawl(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
                    target: tuple[str, int | None], control: Path, work: Path) -> None:
     out = work / "wget"
@@ -232,7 +251,12 @@ def _guarded_crawl(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
             if not probe.startswith(b"HTTP/1.1 200"):
                 raise NotAvailable(f"a request through the guarded gateway got {probe[:40]!r} "
                                    "(held output never committed; see the gateway log)")
+            before = _agent_counters(httpd.pid)
             cfg.crawls.append(_crawl(topo, httpd, target, out))
+            after = _agent_counters(httpd.pid)
+            requests = max(cfg.crawls[-1].requests, 1)
+            cfg.per_request = {k: round((after[k] - before.get(k, 0)) / requests, 2)
+                               for k in after}
     except OSError as exc:  # the probe timed out or was reset
         raise NotAvailable(f"a request through the guarded gateway failed: {exc} (held output "
                            "never committed; see the gateway log)") from None
@@ -330,6 +354,8 @@ def summarize(configs: list[Config], rounds: int, facts: dict[str, Any]) -> dict
             entry["apache_survived_detach"] = f"{sum(c.survived_detach)}/{len(c.survived_detach)}"
         if c.attach_seconds:
             entry["attach_seconds_median"] = round(statistics.median(c.attach_seconds), 3)
+        if c.per_request:
+            entry["agent_per_request"] = c.per_request
         table[c.name] = entry
     return {"workload": "wget -r -np -nH of /manual/ (apache2-doc), Apache -X, wget to tmpfs",
             "rounds": rounds, "order": "alternating", "paper": PAPER, **facts,
@@ -354,6 +380,10 @@ def print_table(summary: dict[str, Any]) -> None:
               f"{e['requests']:>8} {e['bytes'] / 1e6:>6.1f} "
               f"{e['apache_cpu_us_per_request']:>13.0f} {proxy:>12} "
               f"{attach:>8}{flag}")
+    for name, e in summary["configs"].items():
+        if e.get("agent_per_request"):
+            counters = ", ".join(f"{k} {v:g}" for k, v in e["agent_per_request"].items())
+            print(f"  {name} per request: {counters}")
     print(f"paper: {summary['paper']}")
     for leaf, percent in summary.get("vproxy_pass_profile_leaf_percent", []):
         print(f"  vproxy pass-through, py-spy leaf {percent:5.1f}%  {leaf}")

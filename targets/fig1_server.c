@@ -15,14 +15,7 @@
  * it ends in __stack_chk_fail, without it the saved return address is smashed); NUL with an
  * unknown key dereferences NULL; DIV 0 divides by zero.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include "tcp_server.h"
 
 _Atomic unsigned long served;
 unsigned long bar_calls;
@@ -138,21 +131,8 @@ static void *serve_thread(void *arg)
 int main(int argc, char **argv)
 {
     int threads = argc > 2 && strcmp(argv[2], "threads") == 0;
-    int port = argc > 1 ? atoi(argv[1]) : 0;
-    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {0};
-    socklen_t alen = sizeof a;
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((unsigned short)port);
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 64) < 0) {
-        perror("fig1_server: bind/listen");
-        return 1;
-    }
-    getsockname(ls, (struct sockaddr *)&a, &alen);
-    printf("READY %d\n", ntohs(a.sin_port));
-    fflush(stdout);
+    int ls = tcp_listen(argc > 1 ? argv[1] : "0", INADDR_LOOPBACK, "fig1_server");
+    tcp_print_ready(ls);
     for (;;) {
         int fd = accept(ls, NULL, NULL);
         pthread_t t;

@@ -7,15 +7,8 @@
  *   PING\n        ->  PONG\n
  *   BAR <text>\n  ->  RET <bar(text)>\n    the STEM paper's Figure 1 overflow (see fig1_server.c)
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
+#include "tcp_server.h"
 #include <sys/wait.h>
-#include <unistd.h>
 
 __attribute__((noinline)) int bar(char *buf)
 {
@@ -83,27 +76,14 @@ __attribute__((noinline)) void worker(int ls)
 
 int main(int argc, char **argv)
 {
-    int port = argc > 1 ? atoi(argv[1]) : 0;
     int workers = argc > 2 ? atoi(argv[2]) : 2;
-    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {0};
-    socklen_t alen = sizeof a;
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((unsigned short)port);
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 64) < 0) {
-        perror("fork_server: bind/listen");
-        return 1;
-    }
-    getsockname(ls, (struct sockaddr *)&a, &alen);
+    int ls = tcp_listen(argc > 1 ? argv[1] : "0", INADDR_LOOPBACK, "fork_server");
     for (int i = 0; i < workers; i++)
         if (fork() == 0) {
             worker(ls);
             _exit(0);
         }
-    printf("READY %d\n", ntohs(a.sin_port));
-    fflush(stdout);
+    tcp_print_ready(ls);
     for (;;) {
         if (wait(NULL) < 0)
             pause();

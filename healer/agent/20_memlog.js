@@ -55,6 +55,7 @@ const _memlogModule = (function () {
   let reenter = null;          // its NativeCallback
   let enableCallback = null;   // memlog_js_enable: memlog_begin on a thread not followed (yet)
   const logs = Memory.alloc(MAX_THREADS * 8); // memlog.c's thread -> MemLog table
+  const retPages = Memory.alloc(4096 * 8);    // memlog.c's cache of pages `ret` may return to
 
   function load() {
     if (cm !== null) return;
@@ -65,7 +66,7 @@ const _memlogModule = (function () {
     cm = new CModule(CSOURCE['memlog.c'], {
       memlog_process_vm_readv: libc.getExportByName('process_vm_readv'),
       memlog_getpid: libc.getExportByName('getpid'),
-      logs, memlog_js_enable: enableCallback,
+      logs, memlog_ret_pages: retPages, memlog_js_enable: enableCallback,
     });
     const opts = { exceptions: 'propagate' };
     cm._abort = new NativeFunction(cm.memlog_abort, 'int64', ['pointer', 'uint64', 'int', 'pointer'],
@@ -147,25 +148,39 @@ const _memlogModule = (function () {
     } else it.putMovRegReg(dst, reg);
   }
 
-  // memlog_store(base, index, rcx, desc) before the store, every register and flag preserved,
-  // the red zone below rsp left alone and the stack 16-byte aligned for the call.
-  function putStoreLog(it, e) {
+  // A call of the C function `fn` with arguments put in place by `args(it)` (SAVED already
+  // pushed), every register and flag preserved, the red zone below rsp left alone and the stack
+  // 16-byte aligned for the call.
+  function putNativeCall(it, fn, args) {
     it.putLeaRegRegOffset('rsp', 'rsp', -RED_ZONE);
     it.putPushfx();
     for (const r of SAVED) it.putPushReg(r);
-    loadReg(it, 'rdi', e.base);
-    loadReg(it, 'rsi', e.index);
-    loadReg(it, 'rdx', REGS.rcx);
-    it.putMovRegAddress('rcx', e.desc);
+    args(it);
     it.putPushReg('rbx');
     it.putMovRegReg('rbx', 'rsp');
     it.putAndRegU32('rsp', 0xfffffff0);
-    it.putCallAddress(cm.memlog_store);
+    it.putCallAddress(fn);
     it.putMovRegReg('rsp', 'rbx');
     it.putPopReg('rbx');
     for (let i = SAVED.length - 1; i >= 0; i--) it.putPopReg(SAVED[i]);
     it.putPopfx();
     it.putLeaRegRegOffset('rsp', 'rsp', RED_ZONE);
+  }
+
+  // memlog_store(base, index, rcx, desc) before the store.
+  function putStoreLog(it, e) {
+    putNativeCall(it, cm.memlog_store, w => {
+      loadReg(w, 'rdi', e.base);
+      loadReg(w, 'rsi', e.index);
+      loadReg(w, 'rdx', REGS.rcx);
+      w.putMovRegAddress('rcx', e.desc);
+    });
+  }
+
+  // memlog_check_ret(target) before a `ret`: a smashed return address faults where the exception
+  // handler heals it, not inside Stalker (memlog.c).
+  function putRetCheck(it) {
+    putNativeCall(it, cm.memlog_check_ret, w => w.putMovRegRegOffsetPtr('rdi', 'rsp', FRAME));
   }
 
   // The store descriptor of one instruction, or null if it writes no memory we log.
@@ -217,6 +232,7 @@ const _memlogModule = (function () {
           st.descs.set(key, d);
         }
         if (d !== null) putStoreLog(iterator, d);
+        else if (insn.mnemonic === 'ret' && !inFridaCode(insn.address)) putRetCheck(iterator);
         iterator.keep();
       }
     };

@@ -103,8 +103,15 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
     return;
   if (addr >= log->skip_lo && addr < log->skip_hi)
   {
-    log->skipped++;
-    return;
+    /* A store straddling skip_hi (strcpy's overlapping vector tail running from the dying frame
+     * into the caller's) keeps its part above it: that part survives the virtualized return. */
+    if (addr + n <= log->skip_hi)
+    {
+      log->skipped++;
+      return;
+    }
+    n -= log->skip_hi - addr;
+    addr = log->skip_hi;
   }
   padded = (n + 7) & ~(guint64) 7;
   total = 16 + padded + 8;
@@ -335,4 +342,30 @@ memlog_gradual (MemLog * log)
     log->markers[i].overflows = log->overflows;
   }
   return len;
+}
+
+/*
+ * A `ret` of a followed thread to an address that is not mapped (a smashed return address, no
+ * stack protector) must fault where the exception handler can heal it.  Stalker would instead
+ * try to translate the garbage target inside its own code, and the process died of SIGSEGV with
+ * the handler never running.  The transform calls this before every `ret` with its target: a page
+ * seen readable before passes at the cost of one cache probe (memlog_ret_pages, direct-mapped,
+ * page number + 1; benign races between threads only cost a re-check).  Otherwise the target is
+ * read without faulting and, if unreadable, read for real: that fault is an ordinary SIGSEGV in a
+ * supervised transaction, healed by rollback and a virtualized return.
+ */
+#define RET_PAGES 4096
+extern guint64 memlog_ret_pages[RET_PAGES];
+
+void
+memlog_check_ret (guint64 target)
+{
+  guint64 page = target >> 12;
+  guint64 * slot = &memlog_ret_pages[page % RET_PAGES];
+  guint8 byte;
+  if (*slot == page + 1)
+    return;
+  if (target < 0x10000 || safe_read (&byte, target, 1) != 1)
+    byte = *(volatile guint8 *) target;
+  *slot = page + 1;
 }

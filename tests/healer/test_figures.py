@@ -94,7 +94,8 @@ def test_figure2_login_exploit_denied_1000_times(login_exes, start_server, start
     client = server.connect()
     for i in range(ROUNDS):
         # 44 bytes reach the return address but stop short of login()'s frame: deeper overflows
-        # need the memory log (tests/memlog) to restore the caller's frame.
+        # need the memory log to restore the caller's frame (tests/memlog/
+        # test_smashed_return_e2e.py: 64 and 300 bytes with the full agent).
         assert client.ask("LOGIN " + "x" * 44 + " pw") == "DENIED"
         if i % 10 == 0:
             assert client.ask("LOGIN alice wonderland") == "OK welcome alice"

@@ -7,6 +7,7 @@
  *   PING\n        ->  PONG\n
  *   BAR <text>\n  ->  RET <bar(text)>\n    the STEM paper's Figure 1 overflow (see fig1_server.c)
  */
+#define TCP_LINE_MAX 4096 /* the planted overflows take long lines */
 #include "tcp_server.h"
 #include <sys/wait.h>
 
@@ -35,25 +36,14 @@ __attribute__((noinline)) int handle_line(int fd, char *line)
 
 __attribute__((noinline)) void serve(int fd)
 {
-    char buf[4096];
-    size_t have = 0;
-    for (;;) {
-        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
-        if (n <= 0)
+    struct tcp_lines lines = {0};
+    char *line;
+    long len;
+    while ((len = tcp_read_line(fd, &lines, &line)) != TCP_LINE_CLOSED) {
+        if (len == TCP_LINE_TOO_LONG)
+            continue; /* a line longer than the buffer is dropped */
+        if (handle_line(fd, line) < 0)
             return;
-        have += (size_t)n;
-        buf[have] = 0;
-        char *start = buf, *nl;
-        while ((nl = strchr(start, '\n')) != NULL) {
-            *nl = 0;
-            if (handle_line(fd, start) < 0)
-                return;
-            start = nl + 1;
-        }
-        have = (size_t)(buf + have - start);
-        memmove(buf, start, have);
-        if (have == sizeof buf - 1)
-            have = 0;
     }
 }
 

@@ -77,6 +77,7 @@ from typing import Any
 
 import trio
 
+from bench._proc import stop
 from protocols.control import Begin, Commit, Conn, Endpoint, Guard, Io, Message
 from targets import apache
 from vproxy.testing import ScriptedController
@@ -120,12 +121,7 @@ def _process(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         _wait_port(port, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 @contextlib.contextmanager

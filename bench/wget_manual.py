@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import netns
+from bench._proc import stop
 from demo.stack import HealerError, have, healer_attached, http_get
 from targets import apache
 
@@ -148,12 +149,7 @@ listen manual
         netns.wait_listening(topo.client_ns, *listen, proc=proc)
         yield f"http://{listen[0]}:{listen[1]}/manual/", proc.pid  # ip netns exec execs haproxy
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,16 @@ from targets.kv_server import KvServer
 
 Events = Callable[[], list[dict[str, Any]]]
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stops a healer process: SIGTERM, SIGKILL after 15 s, always reaped."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 
 @pytest.fixture
 def attached(kv, trained, tmp_path) -> Iterator[tuple[Events, dict[str, str]]]:
@@ -48,12 +58,7 @@ def attached(kv, trained, tmp_path) -> Iterator[tuple[Events, dict[str, str]]]:
         assert any(e.get("event") == "healer ready" for e in events()), log.read_text()
         yield events, env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
 
 
 def test_inject_in_the_full_agent_heals_with_the_profile_value(kv, trained, attached):
@@ -115,12 +120,7 @@ def test_profile_settings_turn_on_anomaly_alerts_in_healer_attach(kv, record, tm
         alerts = [e for e in _events(log) if e.get("event") == "anomaly"]
         assert len(alerts) == 1  # the training traffic raised none
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
 
 
 def _events(log: Path) -> list[dict[str, Any]]:
@@ -167,9 +167,4 @@ def test_fixed_value_setting_heals_with_that_value_in_healer_attach(kv, trained,
         assert ev is not None, log.read_text()
         assert (ev["function"], ev["selected"], ev["value"]) == ("key_valid", "fixed", "0")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)

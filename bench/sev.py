@@ -21,15 +21,12 @@ accuracy, and profiling overhead, measured side by side in one run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import re
-import socket
 import subprocess
 import time
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +40,32 @@ from healer.profile import (
     predictability,
 )
 from healer.profile._evaluate import AgentTarget, Trial, run_trials
+from targets.apache_sev import EVAL_REQUESTS as APACHE_EVAL
+from targets.apache_sev import FUNCTIONS as APACHE_FUNCTIONS
+from targets.apache_sev import RETURN_TYPES as APACHE_TYPES
+from targets.apache_sev import HttpdServer
+from targets.apache_sev import training_requests as apache_training
 from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer, training_requests
 
 KV_FUNCTIONS = list(FUNCTIONS)
 RESULTS = Path(__file__).resolve().parent / "results" / "sev.json"
 WIDTH = 15
-APACHE_PATHS = ["/manual/", "/manual/index.html", "/manual/mod/", "/manual/howto/cgi.html",
-                "/manual/nothere.html", "/manual/../../etc/passwd", "/manual/%zz",
-                "/manual/%2e%2e/", "/manual/images/", "/manual/mod/core.html"]
-APACHE_FUNCTIONS = [
-    # the request path of apache2 (exported ap_* functions that return a status, flag or count)
-    "ap_read_request", "ap_parse_uri", "ap_getword_white", "ap_getword", "ap_getword_nc",
-    "ap_unescape_url", "ap_set_keepalive", "ap_meets_conditions", "ap_process_request",
-    "ap_process_request_internal", "ap_getparents", "ap_is_url", "ap_count_dirs",
-    "ap_rgetline_core", "ap_discard_request_body", "ap_run_translate_name",
-    "ap_run_map_to_storage", "ap_run_handler", "ap_run_fixups", "ap_run_type_checker",
-    "ap_run_access_checker", "ap_run_check_user_id", "ap_run_auth_checker",
-    "ap_run_post_read_request", "ap_run_header_parser", "ap_run_log_transaction",
-    "ap_core_translate", "ap_directory_walk", "ap_location_walk", "ap_file_walk",
-    "ap_is_initial_req", "ap_some_auth_required", "ap_update_mtime", "ap_set_content_length",
-    "ap_set_etag", "ap_send_error_response", "ap_die", "ap_pass_brigade", "ap_get_brigade",
-    "ap_method_number_of", "ap_setup_client_block", "ap_should_client_block",
-    "ap_sub_req_lookup_uri", "ap_run_sub_req", "ap_destroy_sub_req", "ap_internal_redirect",
-    "ap_index_of_response", "ap_http_header_filter", "ap_byterange_filter",
-    "ap_content_length_filter", "ap_core_output_filter", "ap_core_input_filter",
-]
+KV_CLASSES = {
+    # what the failed call's return value can still decide once its writes are rolled back
+    "side effect (table write, reply, dispatch)": ["handle_line", "store_value", "remove_slot",
+                                                   "send_reply"],
+    "computes a value (code, flag, index, length, count)": [
+        "parse_command", "count_tokens", "key_valid", "value_len", "find_slot", "alloc_slot",
+        "count_used"],
+}
 
 
 def _start(profile: dict[str, Any]) -> AgentTarget:
     return AgentTarget(KvServer.start(), KV_FUNCTIONS, profile)
+
+
+def _start_apache(profile: dict[str, Any]) -> AgentTarget:
+    return AgentTarget(HttpdServer.start(), APACHE_FUNCTIONS, profile)
 
 
 def train(runs: Sequence[int], n: int) -> Profile:
@@ -120,21 +114,6 @@ def overhead(tables: dict[str, Any]) -> dict[str, float]:
         server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _fetch_all(httpd: Any, rounds: int) -> None:
-    """Fetch every APACHE_PATHS entry ``rounds`` times (normal and bad requests)."""
-    for rnd in range(rounds):
-        for p in APACHE_PATHS:
-            # 404 and 400 answers are part of the training input
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(httpd.url(p) + f"?r={rnd}", timeout=5).read()
-
-
 def _wrk(url: str, seconds: int = 3) -> float:
     """Requests/s of one wrk connection (a C client: no GIL shared with the profile host)."""
     out = subprocess.run(["wrk", "-t1", "-c1", f"-d{seconds}s", url], capture_output=True,
@@ -145,40 +124,47 @@ def _wrk(url: str, seconds: int = 3) -> float:
     return float(match.group(1))
 
 
-def apache_profile(rounds: int = 15) -> str:
+def apache_profile(rounds: int) -> tuple[Profile, dict[str, Any]]:
     """Record Apache (-X) serving manual pages and bad requests, twice; predict run 2 from run 1;
-    compare the request rate with and without recording."""
-    from targets import apache
-
+    compare the request rate with and without recording. Returns run 1's profile (the training
+    of the correctness trials) and the numbers."""
     profiles = []
     rates = []
-    with apache.running(port=_free_port(), workers=0) as httpd:
-        page = httpd.url("/manual/mod/core.html")
+    server = HttpdServer.start()
+    try:
+        page = server.httpd.url("/manual/en/mod/mod_alias.html")
         native = _wrk(page)
         for _ in range(2):
-            s = ProfileSession(window=WIDTH, functions=APACHE_FUNCTIONS, ret_bits=32, args=2)
-            s.attach(httpd.pid)
+            s = ProfileSession(window=WIDTH, functions=APACHE_FUNCTIONS, ret_bits=64, args=2)
+            s.attach(server.pid)
             try:
-                _fetch_all(httpd, rounds)
+                server.exchange(apache_training(rounds))
                 profiles.append(s.profile())  # the mixed workload only, before wrk's load
                 rates.append(_wrk(page))
             finally:
                 s.close()
         native_after = _wrk(page)
+    finally:
+        server.stop()
     a, b = profiles
-    accs = ", ".join(f"width {w}: {accuracy(a, b, w)[0]:.1%}" for w in (1, 3, 5, WIDTH))
+    accs = {w: accuracy(a, b, w)[0] for w in (1, 3, 5, WIDTH)}
     calls = sum(fp.calls for fp in b.functions.values())
     weighted = {size: sum(predictability(fp, size) * fp.calls for fp in a.functions.values())
                 / max(1, sum(fp.calls for fp in a.functions.values())) for size in (1, WIDTH)}
     certain = sum(predictability(fp, 1) == 1.0 for fp in a.functions.values())
-    return (f"apache2 -X in profile mode: {len(a.functions)} functions recorded, {calls} calls in "
-            f"the held-out run\n"
-            f"  prediction accuracy: {accs}\n"
-            f"  predictability score, call-weighted mean: S1 {weighted[1]:.2f}, "
-            f"S{WIDTH} {weighted[WIDTH]:.2f}; {certain} functions always return one value\n"
-            f"  requests/s of /manual/mod/core.html (wrk, 1 connection): native {native:.0f}, "
-            f"recording {min(rates):.0f} ({min(rates) / native:.2f} x native), native after "
-            f"detach {native_after:.0f}")
+    print(f"\napache2 -X in profile mode: {len(a.functions)} functions recorded, {calls} calls in "
+          f"the held-out run")
+    print("  prediction accuracy: " + ", ".join(f"width {w}: {x:.1%}" for w, x in accs.items()))
+    print(f"  predictability score, call-weighted mean: S1 {weighted[1]:.2f}, "
+          f"S{WIDTH} {weighted[WIDTH]:.2f}; {certain} functions always return one value")
+    print(f"  requests/s of /manual/en/mod/mod_alias.html (wrk, 1 connection): native "
+          f"{native:.0f}, recording {min(rates):.0f} ({min(rates) / native:.2f} x native), "
+          f"native after detach {native_after:.0f}")
+    return a, {"functions": len(a.functions), "held_out_calls": calls,
+               "accuracy": {str(w): x for w, x in accs.items()},
+               "predictability_weighted": {str(k): v for k, v in weighted.items()},
+               "req_s": {"native": native, "recording": min(rates),
+                         "native_after_detach": native_after}}
 
 
 def _counts(trials: Sequence[Trial]) -> dict[str, Any]:
@@ -193,74 +179,130 @@ def _pct(part: int, whole: int) -> str:
     return f"{part / whole:6.1%}" if whole else "   n/a"
 
 
-def correctness(profile: Profile, max_nth: int) -> dict[str, Any]:
-    """Level 1 and level 3 per mode and per function, through the real agent's injection."""
-    modes = {f"SEV {st}": agent_tables(profile, strategy=st) for st in STRATEGIES}
-    modes |= {f"fixed {v}": agent_tables(profile, fixed=v) for v in (0, -1)}
+def correctness(label: str, start: Callable[[dict[str, Any]], AgentTarget],
+                requests: Sequence[str], functions: Sequence[str], modes: dict[str, Any],
+                classes: dict[str, list[str]], max_nth: int) -> dict[str, Any]:
+    """Level 1 and level 3 per mode, per function class and per function, through the real
+    agent's injection (``run_trials``)."""
     t0 = time.monotonic()
-    trials = run_trials(_start, EVAL_REQUESTS, KV_FUNCTIONS, modes, max_nth=max_nth)
+    trials = run_trials(start, requests, functions, modes, max_nth=max_nth)
     elapsed = time.monotonic() - t0
     per_mode = {m: _counts([t for t in trials if t.mode == m]) for m in modes}
     per_function = {fn: {m: _counts([t for t in trials if t.mode == m and t.function == fn])
-                         for m in modes} for fn in KV_FUNCTIONS}
-    print("\nSEV paper's correctness scale after one failure injected through the real agent")
-    print("(the call runs, its writes are rolled back, its return value is chosen; level 1: alive;")
-    print(f"level 3: alive and every later reply as without injection; {elapsed:.0f} s):")
+                         for m in modes} for fn in functions}
+    per_class = {cl: {m: _counts([t for t in trials if t.mode == m and t.function in fns])
+                      for m in modes} for cl, fns in classes.items()}
+    print(f"\n{label}: the SEV paper's correctness scale after one failure injected through the "
+          "real agent\n(the call runs, its writes are rolled back, its return value is chosen; "
+          "level 1: alive;\nlevel 3: alive and every later reply as without injection; "
+          f"{len(requests)} requests, {elapsed:.0f} s):")
     for m, c in per_mode.items():
-        print(f"  {m:26} level 1 {_pct(c['level1'], c['trials'])}   level 3 "
-              f"{_pct(c['level3'], c['trials'])} of {c['trials']} trials   (every reply "
+        print(f"  {m:34} level 1 {_pct(c['level1'], c['trials'])}   level 3 "
+              f"{_pct(c['level3'], c['trials'])} of {c['trials']:3} trials   (every reply "
               f"unchanged {_pct(c['unchanged'], c['trials'])})")
     sev = per_mode["SEV context"]["level3"]
-    best = max(per_mode["fixed 0"]["level3"], per_mode["fixed -1"]["level3"])
-    ratio = sev / best if best else 0.0
-    print(f"  ratio level 3, SEV(context) / best fixed value: {ratio:.2f}")
-    print("  per function, level 1 / level 3 (SEV context | fixed 0 | fixed -1), SEV's values:")
-    for fn in KV_FUNCTIONS:
-        cells = []
-        for m in ("SEV context", "fixed 0", "fixed -1"):
-            c = per_function[fn][m]
-            cells.append(f"{c['level1']}/{c['level3']} of {c['trials']}")
-        values = sorted({t.value for t in trials if t.function == fn and t.mode == "SEV context"})
-        print(f"    {fn:14} {' | '.join(cells)}   SEV chose {', '.join(values)}")
-    return {"max_nth": max_nth, "requests": len(EVAL_REQUESTS), "seconds": elapsed,
-            "per_mode": per_mode, "per_function": per_function,
-            "ratio_level3_sev_context_over_best_fixed": ratio,
+    fixed = {m: c["level3"] for m, c in per_mode.items() if not m.startswith("SEV")}
+    ratios = {m: (sev / n if n else float("inf")) for m, n in fixed.items()}
+    print("  ratio level 3, SEV(context) / " + ", ".join(f"{m}: {r:.2f}"
+                                                        for m, r in ratios.items()))
+    shown = ["SEV context", *fixed]
+    print(f"  level 3 per function class ({' | '.join(shown)}):")
+    for cl, by_mode in per_class.items():
+        cells = " | ".join(_pct(by_mode[m]["level3"], by_mode[m]["trials"]) for m in shown)
+        print(f"    {cl:52} {cells}   ({by_mode[shown[0]]['trials']} trials a mode; "
+              f"{len(classes[cl])} functions)")
+    print(f"  per function, level 1/level 3 of trials ({' | '.join(shown)}), SEV's values:")
+    for fn in functions:
+        if not per_function[fn][shown[0]]["trials"]:
+            continue
+        row = [f"{per_function[fn][m]['level1']}/{per_function[fn][m]['level3']} of "
+               f"{per_function[fn][m]['trials']}" for m in shown]
+        values = sorted({t.value for t in trials if t.function == fn and t.mode == shown[0]})
+        print(f"    {fn:28} {' | '.join(row)}   SEV chose {', '.join(values)}")
+    return {"max_nth": max_nth, "requests": len(requests), "seconds": elapsed,
+            "per_mode": per_mode, "per_class": per_class, "classes": classes,
+            "per_function": per_function,
+            "ratio_level3_sev_context_over": ratios,
             "trials": [dataclasses.asdict(t) for t in trials]}
+
+
+def apache_classes(profile: Profile) -> dict[str, list[str]]:
+    """Apache's functions by what a failed call's value can do: pointer/void, or an int that took
+    one value or several values in training."""
+    out: dict[str, list[str]] = {"returns a pointer or void": [],
+                                 "returns an int, one value in training": [],
+                                 "returns an int, several values in training": []}
+    for fn, ty in APACHE_TYPES.items():
+        fp = profile.functions.get(fn)
+        if ty != "int":
+            out["returns a pointer or void"].append(fn)
+        elif fp is not None and len(fp.values) > 1:
+            out["returns an int, several values in training"].append(fn)
+        else:
+            out["returns an int, one value in training"].append(fn)
+    return out
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench sev", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=1200, help="requests per training run")
-    parser.add_argument("--max-nth", type=int, default=6, help="requests failed per function")
+    parser.add_argument("--max-nth", type=int, default=6,
+                        help="kv_server requests failed per function")
+    parser.add_argument("--apache-rounds", type=int, default=3,
+                        help="Apache training: rounds of every manual page and bad request")
+    parser.add_argument("--apache-nth", type=int, default=2,
+                        help="Apache requests failed per function")
     parser.add_argument("--no-apache", action="store_true")
+    parser.add_argument("--no-kv", action="store_true")
     args = parser.parse_args(argv)
 
     t0 = time.monotonic()
-    profile = train([1, 2, 3], args.train)
-    held_out = train([4], args.train // 2)
-    print(f"trained on 3 runs: {sum(fp.calls for fp in profile.functions.values())} calls, "
-          f"{len(profile.functions)} functions ({time.monotonic() - t0:.0f} s)")
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    best_other = "round-robin"
+    if not args.no_kv:
+        profile = train([1, 2, 3], args.train)
+        held_out = train([4], args.train // 2)
+        print(f"kv_server trained on 3 runs: {sum(fp.calls for fp in profile.functions.values())}"
+              f" calls, {len(profile.functions)} functions ({time.monotonic() - t0:.0f} s)")
 
-    print("\nreturn-value prediction from the execution window (held-out run):")
-    for w in (1, 3, 5, WIDTH):
-        acc, n = accuracy(profile, held_out, w)
-        print(f"  width {w:2}: {acc:.1%} of {n} calls")
-    print("  predictability score per function (S1 / S3 / S15):")
-    for name, fp in sorted(profile.functions.items()):
-        sc = [predictability(fp, s) for s in (1, 3, WIDTH)]
-        print(f"    {name:14} {' / '.join(f'{x:.2f}' for x in sc)}   values {len(fp.values)}")
+        print("\nreturn-value prediction from the execution window (held-out run):")
+        for w in (1, 3, 5, WIDTH):
+            acc, n = accuracy(profile, held_out, w)
+            print(f"  width {w:2}: {acc:.1%} of {n} calls")
+        print("  predictability score per function (S1 / S3 / S15):")
+        for name, fp in sorted(profile.functions.items()):
+            sc = [predictability(fp, s) for s in (1, 3, WIDTH)]
+            print(f"    {name:14} {' / '.join(f'{x:.2f}' for x in sc)}   values {len(fp.values)}")
 
-    results: dict[str, Any] = {"correctness": correctness(profile, args.max_nth)}
+        # every kv_server function returns int: vanilla EV's return-type heuristic is -1 for all
+        modes = {f"SEV {st}": agent_tables(profile, strategy=st) for st in STRATEGIES}
+        modes |= {"fixed 0": agent_tables(profile, fixed=0),
+                  "fixed -1 (= vanilla EV by type)": agent_tables(profile, fixed=-1)}
+        kv = correctness("kv_server", _start, EVAL_REQUESTS, KV_FUNCTIONS, modes, KV_CLASSES,
+                         args.max_nth)
+        others = {st: kv["per_mode"][f"SEV {st}"]["level3"] for st in STRATEGIES
+                  if st != "context"}
+        best_other = max(others, key=lambda st: others[st])
+        results["correctness"] = kv
 
-    print("\nthroughput, pipelined requests (same server process, same run):")
-    rates = overhead(agent_tables(profile, anomaly_width=3))
-    for label, r in rates.items():
-        print(f"  {label:22} {r:9.0f} req/s   {r / rates['native']:.2f} x native")
-    results["throughput_req_s"] = rates
+        print("\nthroughput, pipelined requests (same server process, same run):")
+        rates = overhead(agent_tables(profile, anomaly_width=3))
+        for label, r in rates.items():
+            print(f"  {label:22} {r:9.0f} req/s   {r / rates['native']:.2f} x native")
+        results["throughput_req_s"] = rates
 
     if not args.no_apache:
-        print("\n" + apache_profile())
+        trained, results["apache_profile"] = apache_profile(args.apache_rounds)
+        vanilla = {fn: -1 if ty == "int" else 0 for fn, ty in APACHE_TYPES.items()}
+        modes = {"SEV context": agent_tables(trained, strategy="context"),
+                 f"SEV {best_other}": agent_tables(trained, strategy=best_other),
+                 "fixed 0": agent_tables(trained, fixed=0),
+                 "fixed -1": agent_tables(trained, fixed=-1),
+                 "vanilla EV by type (int -1, ptr 0)": agent_tables(trained, fixed=vanilla)}
+        results["apache_correctness"] = correctness(
+            "apache2 -X", _start_apache, APACHE_EVAL, APACHE_FUNCTIONS, modes,
+            apache_classes(trained), args.apache_nth)
     print(f"\ntotal {time.monotonic() - t0:.0f} s")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

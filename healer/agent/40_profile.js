@@ -7,7 +7,8 @@
 //   args: n,               argument registers recorded per call (default 3)
 //   retBits: 32|64,        a 32-bit return value is sign-extended (C int functions)
 //   window, strategy, strategies, anomaly: {width, action}, functions: {...}   (agent_tables())
-//   fixed: '0',            optional: answer this value for every repair instead of SEV
+//   fixed: '0' | {fn: '0'}, optional: answer this value for every repair instead of SEV (an
+//                          object: per function, the functions it does not name keep SEV)
 // }
 (function () {
   const ARG_REGS = 6;
@@ -283,8 +284,12 @@
   // post-evaluation state carry over a reload
   function configure(profile) {
     const fixed = profile ? profile.fixed : undefined;
-    if (fixed !== undefined && fixed !== null && !/^-?[0-9]+$/.test(String(fixed))) {
-      throw new Error(`profile setting fixed must be a decimal integer (got '${fixed}')`);
+    const given = fixed === undefined || fixed === null ? []
+      : typeof fixed === 'object' ? Object.values(fixed) : [fixed];
+    for (const v of given) {
+      if (!/^-?[0-9]+$/.test(String(v))) {
+        throw new Error(`profile setting fixed must be a decimal integer (got '${v}')`);
+      }
     }
     cfg = profile || {};
     width = cfg.window || 15;
@@ -300,9 +305,13 @@
 
   // `fixed` (a decimal string) answers that value for every repair: vanilla error virtualization
   // measured through the same agent path as SEV (bench/sev.py compares the two)
+  // (an object: the value per function, e.g. by return type; null for a function it does not name)
   function fixedValue(tx) {
-    return { value: int64(cfg.fixed), source: 'fixed',
-      why: `fixed: ${cfg.fixed} for ${tx.fn.name} (vanilla error virtualization, profile setting)` };
+    const own = typeof cfg.fixed !== 'object' || Object.prototype.hasOwnProperty.call(cfg.fixed, tx.fn.name);
+    const v = !own ? undefined : typeof cfg.fixed === 'object' ? cfg.fixed[tx.fn.name] : cfg.fixed;
+    if (v === undefined) return null;
+    return { value: int64(v), source: 'fixed',
+      why: `fixed: ${v} for ${tx.fn.name} (vanilla error virtualization, profile setting)` };
   }
 
   Sead.use({
@@ -327,8 +336,8 @@
     },
     chooseReturnValue(tx) {
       if (cfg === null) return null;
-      if (cfg.fixed !== undefined && cfg.fixed !== null) return fixedValue(tx);
-      return chooseValue(tx.fn, tx);
+      const fixed = cfg.fixed !== undefined && cfg.fixed !== null ? fixedValue(tx) : null;
+      return fixed !== null ? fixed : chooseValue(tx.fn, tx);
     },
     afterRepair(tx, fault, choice) {
       if (cfg !== null) postEvaluate(tx, choice);

@@ -9,6 +9,7 @@ strategy (healer/agent/40_profile.js) makes the same choice from the tables of `
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 
 from healer.profile._model import FunctionProfile, Profile, Window
 
@@ -32,8 +33,13 @@ class Predictor:
         return self._fallback
 
 
-def accuracy(train: Profile, test: Profile, width: int) -> tuple[float, int]:
+def accuracy(train: Profile, test: Profile, width: int,
+             functions: Collection[str] | None = None) -> tuple[float, int]:
     """Fraction of the calls in ``test`` whose return value ``train`` predicts from their window.
+
+    Args:
+        functions: judge only these functions' calls (the others still shape the windows: e.g.
+            library calls recorded for their context, not predicted); None: every function.
 
     Returns:
         (accuracy in [0, 1], number of calls predicted). Functions absent from ``train`` count as
@@ -41,6 +47,8 @@ def accuracy(train: Profile, test: Profile, width: int) -> tuple[float, int]:
     """
     hits = total = 0
     for name, fp in test.functions.items():
+        if functions is not None and name not in functions:
+            continue
         trained = train.functions.get(name)
         predictor = Predictor(trained, width) if trained else None
         for w, c in fp.contexts.items():

@@ -120,8 +120,15 @@ EPILOGUE = r"""
     return null;
   }
 
+  // 'name' (the executable), '0x...' (an address) or 'module!name' (a library's export: library
+  // calls in the windows, as the STEM paper's profiler saw them)
   function resolve(main, name) {
     if (name.startsWith('0x')) return ptr(name);
+    const bang = name.indexOf('!');
+    if (bang > 0) {
+      const mod = Process.findModuleByName(name.slice(0, bang));
+      return mod === null ? null : mod.findExportByName(name.slice(bang + 1));
+    }
     return main.findExportByName(name) || main.findSymbolByName(name);
   }
 

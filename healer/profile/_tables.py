@@ -4,11 +4,17 @@ The agent chooses values on the faulting thread, in the target, with no round tr
 the host pre-digests the profile into lookup tables: values in first-seen order, every window prefix
 (1..width) with its values ordered most frequent first, argument samples, successors per value, and
 the set of known windows at the anomaly width. Values travel as decimal strings (64-bit safe).
+
+A return value that is an address (``|v| >= 2**32``: pointers into the heap, stack or a mapping)
+belonged to the training process only; replayed in another process it points nowhere. The tables
+carry such values as 0 (NULL), the one pointer every process shares: SEV's value for a function
+that returned addresses in training is NULL, as vanilla error virtualization's for pointers.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from healer.profile._model import Profile
@@ -29,7 +35,8 @@ def check_settings(strategy: str, strategies: dict[str, str], anomaly_action: st
 
 def agent_tables(profile: Profile, *, strategy: str | None = None,
                  strategies: dict[str, str] | None = None, anomaly_width: int | None = None,
-                 anomaly_action: str | None = None, fixed: int | None = None) -> dict[str, Any]:
+                 anomaly_action: str | None = None,
+                 fixed: int | Mapping[str, int] | None = None) -> dict[str, Any]:
     """``config.profile`` for the agent.
 
     Args:
@@ -39,7 +46,8 @@ def agent_tables(profile: Profile, *, strategy: str | None = None,
             event (0: no anomaly detection).
         anomaly_action: ``log`` or ``supervise`` (also ask the coverage module to supervise it).
         fixed: answer this value for every repair instead of a SEV value (vanilla error
-            virtualization through the same agent path; None: SEV).
+            virtualization through the same agent path; None: SEV); a mapping gives the value per
+            function (e.g. by return type) and leaves the functions it does not name to SEV.
         An argument left out comes from the profile's settings (``healer profile set``), else
         ``context``, no per-function strategies, 0, ``log``, SEV.
 
@@ -60,13 +68,14 @@ def agent_tables(profile: Profile, *, strategy: str | None = None,
         for w, c in fp.contexts.items():
             for s in range(1, len(w) + 1):
                 prefixes.setdefault("|".join(w[:s]), Counter()).update(c)
+        succ: dict[str, set[str]] = {}
+        for v, after in fp.successors.items():
+            succ.setdefault(_portable(v), set()).update(after)
         functions[name] = {
-            "values": [str(v) for v in fp.values],
-            "ctx": {k: [[str(v), n] for v, n in sorted(c.items(), key=lambda vn: (-vn[1], vn[0]))]
-                    for k, c in prefixes.items()},
-            "args": [[[str(a) for a in args], str(min(c, key=lambda v: (-c[v], v)))]
-                     for args, c in fp.args.items()],
-            "succ": {str(v): sorted(c) for v, c in fp.successors.items()},
+            "values": list(dict.fromkeys(_portable(v) for v in fp.values)),
+            "ctx": {k: _ranked(c) for k, c in prefixes.items()},
+            "args": [[[str(a) for a in args], _ranked(c)[0][0]] for args, c in fp.args.items()],
+            "succ": {v: sorted(c) for v, c in succ.items()},
             "windows": sorted({"|".join(w[:anomaly_width]) for w in fp.contexts})
             if anomaly_width else [],
         }
@@ -74,6 +83,21 @@ def agent_tables(profile: Profile, *, strategy: str | None = None,
               "strategy": strategy, "strategies": strategies,
               "anomaly": {"width": anomaly_width, "action": anomaly_action},
               "functions": functions}
-    if fixed is not None:
+    if isinstance(fixed, Mapping):
+        tables["fixed"] = {fn: str(int(v)) for fn, v in fixed.items()}
+    elif fixed is not None:
         tables["fixed"] = str(int(fixed))
     return tables
+
+
+def _portable(value: int) -> str:
+    """``value`` as the agent may replay it in another process: an address becomes 0 (NULL)."""
+    return "0" if abs(value) >= 1 << 32 else str(value)
+
+
+def _ranked(counts: Counter[int]) -> list[list[Any]]:
+    """[[value, count], ...] with addresses merged into 0, most frequent first (ties: smallest)."""
+    merged: Counter[str] = Counter()
+    for v, n in counts.items():
+        merged[_portable(v)] += n
+    return [[v, n] for v, n in sorted(merged.items(), key=lambda vn: (-vn[1], int(vn[0])))]

@@ -112,6 +112,31 @@ def test_fixed_value_setting_is_vanilla_error_virtualization(kv, sessions, train
     assert s.of_type("inject")[-1]["selected"] == "profile"
 
 
+def test_fixed_values_per_function_leave_the_other_functions_to_sev(kv, sessions, trained):
+    # vanilla EV's return-type heuristic gives each function its own value
+    s = AgentSession(kv.pid, FUNCTIONS, agent_tables(trained, fixed={"key_valid": 0}))
+    sessions.append(s)
+    s.inject("key_valid")  # fixed 0: "false", a good key is refused
+    assert kv.exchange(["RESET", "SET good 1", "COUNT"]) == ["RESET", "ERROR bad key", "COUNT 0"]
+    s.inject("parse_command")  # not named: SEV chooses
+    kv.exchange(["RESET", "COUNT"])
+    s.status()
+    got = [(e["function"], e["selected"], e["value"]) for e in s.of_type("inject")]
+    assert got[0] == ("key_valid", "fixed", "0")
+    assert got[1][:2] == ("parse_command", "profile")
+    assert int(got[1][2]) in trained.functions["parse_command"].values
+
+
+def test_addresses_seen_in_training_are_replayed_as_null():
+    fp = FunctionProfile("getword")
+    for window, value in [(("a",), 0x7F12_3456_7000), (("a",), 0x7F12_3456_8000), (("b",), 0),
+                          (("a",), 0x5555_5555_1000), (("c",), -1)]:
+        fp.add_call(window, (), value)
+    t = agent_tables(Profile(window=3, functions={"getword": fp}))["functions"]["getword"]
+    assert t["values"] == ["0", "-1"]  # three addresses and a NULL: one value, 0
+    assert t["ctx"]["a"] == [["0", 3]] and t["ctx"]["c"] == [["-1", 1]]
+
+
 def test_post_evaluation_reports_a_heal_that_leaves_the_profile(kv, sessions, trained):
     tables = agent_tables(trained)
     s = AgentSession(kv.pid, FUNCTIONS, tables)
@@ -159,3 +184,22 @@ def test_anomaly_detector_flags_a_window_never_seen_in_training(kv, sessions, re
 def test_agent_tables_reject_unknown_strategy_before_attaching():
     with pytest.raises(ValueError, match="argument-closest"):
         agent_tables(Profile(window=3, functions={"f": FunctionProfile("f")}), strategy="best")
+
+
+def test_library_calls_recorded_as_module_bang_name_enter_the_windows(kv, record):
+    # handle_line calls strtok_r before count_tokens: a library call is a previous sibling
+    lib = "libc.so.6!strtok_r"
+    s = ProfileSession(window=5, functions=[*FUNCTIONS, lib], ret_bits=32)
+    s.attach(kv.pid)
+    try:
+        assert s.skipped == []
+        kv.exchange(["RESET", "SET a 1", "GET a", "COUNT"])
+        prof = s.profile()
+    finally:
+        s.close()
+    assert prof.functions[lib].calls >= 4 * 2  # each line: tokens, then the NULL at the end
+    windows = list(prof.functions["count_tokens"].contexts)
+    assert windows and all(w[0] == lib and "handle_line" in w for w in windows)
+    plain = record(kv, ["RESET", "SET a 1"], width=5)  # without it: the window is the parent
+    assert all(lib not in w for w in plain.functions["count_tokens"].contexts)
+    assert kv.exchange(["GET a"]) == ["VALUE 1"]  # detached; the server is unharmed

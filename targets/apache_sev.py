@@ -1,0 +1,131 @@
+"""Apache (``apache2 -X``) as a Smart Error Virtualization target: the request path's functions,
+their return types (for vanilla error virtualization's return-type heuristic), training and replay
+request sets, and a server whose ``exchange`` answers like ``targets.kv_server.KvServer``'s.
+
+::
+
+    httpd = HttpdServer.start()          # apache2 -X on a free loopback port
+    httpd.exchange(EVAL_REQUESTS)        # ["200 <body digest>", "404 ...", ...]; None if dead/hung
+    httpd.stop()
+
+Each request goes on its own connection (HTTP/1.0, the server closes it); a reply is the status
+code and a digest of the body, the externally visible behaviour the SEV paper's level 3 compares
+(headers carry the date and are left out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Callable, Sequence
+
+from targets import apache
+
+RETURN_TYPES: dict[str, str] = {
+    # httpd 2.4's declarations (include/http_*.h, httpd.h, util_filter.h): 'int' (a status, flag
+    # or count; apr_status_t too), 'ptr' (a pointer), 'void'
+    "ap_read_request": "ptr", "ap_parse_uri": "void", "ap_getword_white": "ptr",
+    "ap_getword": "ptr", "ap_getword_nc": "ptr", "ap_unescape_url": "int",
+    "ap_set_keepalive": "int", "ap_meets_conditions": "int", "ap_process_request": "void",
+    "ap_process_request_internal": "int", "ap_getparents": "void", "ap_is_url": "int",
+    "ap_count_dirs": "int", "ap_rgetline_core": "int", "ap_discard_request_body": "int",
+    "ap_run_translate_name": "int", "ap_run_map_to_storage": "int", "ap_run_handler": "int",
+    "ap_run_fixups": "int", "ap_run_type_checker": "int", "ap_run_access_checker": "int",
+    "ap_run_check_user_id": "int", "ap_run_auth_checker": "int",
+    "ap_run_post_read_request": "int", "ap_run_header_parser": "int",
+    "ap_run_log_transaction": "int", "ap_core_translate": "int", "ap_directory_walk": "int",
+    "ap_location_walk": "int", "ap_file_walk": "int", "ap_is_initial_req": "int",
+    "ap_some_auth_required": "int", "ap_update_mtime": "void", "ap_set_content_length": "void",
+    "ap_set_etag": "void", "ap_send_error_response": "void", "ap_die": "void",
+    "ap_pass_brigade": "int", "ap_get_brigade": "int", "ap_method_number_of": "int",
+    "ap_setup_client_block": "int", "ap_should_client_block": "int",
+    "ap_sub_req_lookup_uri": "ptr", "ap_run_sub_req": "int", "ap_destroy_sub_req": "void",
+    "ap_internal_redirect": "void", "ap_index_of_response": "int",
+    "ap_http_header_filter": "int", "ap_byterange_filter": "int",
+    "ap_content_length_filter": "int", "ap_core_output_filter": "int",
+    "ap_core_input_filter": "int",
+}
+"""Every function profiled and failed on Apache, with its C return type class."""
+
+FUNCTIONS = tuple(RETURN_TYPES)
+
+MANUAL_PATHS = ("/manual/", "/manual/index.html", "/manual/en/mod/", "/manual/en/howto/cgi.html",
+                "/manual/images/", "/manual/en/mod/core.html", "/manual/en/mod/mod_alias.html")
+BAD_REQUESTS = ("GET /manual/nothere.html HTTP/1.0", "GET /manual/../../etc/passwd HTTP/1.0",
+                "GET /manual/%zz HTTP/1.0", "GET /manual/%2e%2e/ HTTP/1.0",
+                "GET /manual/%00 HTTP/1.0", "GARBAGE", "GET /manual/ HTTP/9.9",
+                "BREW /manual/ HTTP/1.0", "GET manual HTTP/1.0", "POST /manual/ HTTP/1.0")
+"""Malformed or refused requests: 404, 400, 403, 405, 501 answers (SEV's "failure dynamics")."""
+
+EVAL_REQUESTS = ("GET /manual/ HTTP/1.0", "GET /manual/nothere.html HTTP/1.0",
+                 "GET /manual/en/mod/ HTTP/1.0", "GET /manual/%zz HTTP/1.0",
+                 "GET /manual/en/howto/cgi.html HTTP/1.0", "GARBAGE",
+                 "GET /manual/images/ HTTP/1.0", "GET /manual/en/mod/mod_alias.html HTTP/1.0")
+"""The replayed sequence: normal pages and bad requests interleaved, none with a query string
+(training requests carry one, so no evaluated request is a training request)."""
+
+
+def training_requests(rounds: int) -> list[str]:
+    """Every manual page and bad request ``rounds`` times, each with its own query string."""
+    out = []
+    for r in range(rounds):
+        out += [f"GET {p}?r={r} HTTP/1.0" for p in MANUAL_PATHS]
+        out += list(BAD_REQUESTS)
+    return out
+
+
+def _reply(raw: bytes) -> str:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split(b" ")
+    code = status[1].decode(errors="replace") if len(status) > 1 else "?"
+    return f"{code} {len(body)} {hashlib.sha1(body).hexdigest()[:12]}"
+
+
+class HttpdServer:
+    """``apache2 -X`` serving the manual on a free loopback port; ``stop()`` kills it."""
+
+    def __init__(self, httpd: apache.Apache) -> None:
+        self.httpd = httpd
+
+    @classmethod
+    def start(cls) -> HttpdServer:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        return cls(apache.start(port=port, workers=0))
+
+    @property
+    def pid(self) -> int:
+        return self.httpd.pid
+
+    def exchange(self, requests: Sequence[str], timeout: float = 5.0,
+                 pause: tuple[int, Callable[[], None]] | None = None) -> list[str] | None:
+        """Send each request (a request line) on its own connection, in order.
+
+        Args:
+            pause: ``(k, fn)``: call ``fn()`` once the first ``k`` requests are answered.
+
+        Returns:
+            ``"<status> <body length> <body digest>"`` per request, or None as soon as one gets
+            no answer within ``timeout`` (the server died or hangs).
+        """
+        out = []
+        for i, line in enumerate(requests):
+            if pause is not None and i == pause[0]:
+                pause[1]()
+            raw = b""
+            try:
+                with socket.create_connection((self.httpd.host, self.httpd.port),
+                                              timeout=timeout) as c:
+                    c.sendall(line.encode() + b"\r\nHost: localhost\r\n\r\n")
+                    while chunk := c.recv(65536):
+                        raw += chunk
+            except OSError:
+                return None
+            if not raw:
+                return None
+            out.append(_reply(raw))
+        return out
+
+    def stop(self) -> None:
+        self.httpd.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -66,6 +65,7 @@ class Link:
         self.replacer = Replacer(route.protocol, gateway.config.http_status,
                                  frame=gateway.config.on_abort == "replace", side=route.side)
         self._wake = trio.Event()
+        self._timer: trio.CancelScope | None = None  # the writer's idle wait (hold-ms deadline)
         self._drained = trio.Event()
         self._server_eof = False
         self._to_server_lock = trio.Lock()
@@ -203,13 +203,16 @@ class Link:
         stops reading it (the writer applies the bound, the task path waits for the drain)."""
         hold = self.holding()
         n = len(chunk)
-        hold.feed(chunk, time.monotonic())
+        hold.feed(chunk, trio.current_time())
         self.out_offset += n
         stats = self.gateway.stats
         stats.bytes_held += n
-        self.kick()  # commits often precede the bytes; wakes the writer for what stays held
+        self.kick()  # commits often precede the bytes; arms the writer for what stays held
         stats.trim()
-        return len(hold.buf) > self.gateway.config.hold_bytes
+        if len(hold.buf) <= self.gateway.config.hold_bytes:
+            return False
+        self._wake.set()  # the writer applies the bound
+        return True
 
     def unheld_output(self, data: bytes) -> None:
         """Output the fast path relayed unheld (and counted) but could not send yet: it goes out
@@ -303,13 +306,13 @@ class Link:
                 continue
             if hold is None:
                 hold = self.holding()
-            now = time.monotonic()
+            now = trio.current_time()
             hold.feed(chunk, now)
             self.out_offset += n
             stats.bytes_held += n
             await self._flush(peer, hold, now)  # commits often precede the bytes: no wake-up
             if hold.buf:
-                self._wake.set()  # still held: the writer re-arms its hold-ms deadline
+                self._arm()
         self.output_ended()
 
     def holding(self) -> OutHold:
@@ -338,7 +341,7 @@ class Link:
                 or self._to_peer_lock.locked():
             self._wake.set()
             return
-        items = self._pump(hold, time.monotonic())
+        items = self._pump(hold, trio.current_time())
         for i, item in enumerate(items):
             if isinstance(item, Mark):  # replacing or closing needs the writer's awaits
                 self._backlog = items[i:]
@@ -354,8 +357,33 @@ class Link:
             if sent < len(item):
                 self._backlog = [item[sent:], *items[i + 1:]]
                 break
-        if self._backlog or hold.buf:
+        if self._backlog or self._server_eof:  # (the writer passes the EOF on)
             self._wake.set()
+        elif hold.buf:
+            self._arm()
+
+    def _hold_deadline(self) -> float:
+        """When the oldest held byte reaches hold-ms, in trio's clock: every hold time of a link
+        is taken with ``trio.current_time()`` (``time.monotonic()`` differs from it by trio's
+        random offset, and a deadline computed from it was always past: the writer spun for as
+        long as anything was held)."""
+        hold = self.hold
+        if hold is None or hold.held_since is None:
+            return INFINITY
+        return hold.held_since + self.gateway.config.hold_ms / 1000
+
+    def _arm(self) -> None:
+        """Bytes stay held: make sure the writer wakes by their hold-ms bound. Measured on the
+        wget crawl, waking it for every held chunk only to re-arm its deadline was the guarded
+        path's largest cost (a task switch and a cancel scope per response); moving the idle
+        writer's deadline costs a heap push. A deadline left early by bytes released since only
+        makes the writer wake, find nothing due and wait again."""
+        timer = self._timer
+        if timer is None:  # the writer is busy: it reads the deadline afresh before waiting
+            return
+        deadline = self._hold_deadline()
+        if deadline < timer.deadline:
+            timer.deadline = deadline
 
     def unguarded(self) -> None:
         """The last guard left: output owned by no open transaction goes out."""
@@ -402,17 +430,14 @@ class Link:
     # --- writer: held output to the peer -------------------------------------------------------
 
     async def _writer(self, peer: socket.socket) -> None:
-        config = self.gateway.config
         while True:
-            hold = self.hold
-            deadline = INFINITY if hold is None or hold.held_since is None \
-                else hold.held_since + config.hold_ms / 1000
-            with trio.move_on_at(deadline):
+            with trio.CancelScope(deadline=self._hold_deadline()) as self._timer:
                 await self._wake.wait()
+            self._timer = None
             self._wake = trio.Event()
             hold = self.hold
             if hold is not None:
-                await self._flush(peer, hold, time.monotonic())
+                await self._flush(peer, hold, trio.current_time())
             if self._server_eof and not self._unheld and \
                     (self.hold is None or not self.hold.pending()):
                 _sockio.shutdown_write(peer)

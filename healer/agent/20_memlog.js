@@ -15,42 +15,21 @@
 // time (memlog_js_enable) and to roll back. docs/memlog-and-wire.md has the details and the limits.
 
 const _memlogModule = (function () {
-  const DESC_REP = 1;
-  const DESC_FS = 2;
-  const DESC_ADDR32 = 4;
-  const DESC_MASKED = 8;
-  const DESC_SIZE = 24;              // struct _StoreDesc
-  const DESC_SLAB = 64 * 1024;
   const MAX_MARKERS = 64;            // memlog.c
   const MAX_THREADS = 256;
-  const LOG_STRUCT = 16 * 8 + MAX_MARKERS * 32; // struct _MemLog
+  const LOG_STRUCT = 18 * 8 + MAX_MARKERS * 32; // struct _MemLog
   const F = { buf: 0, cap: 8, len: 16, on: 24, skipLo: 32, skipHi: 40, fsBase: 48, logged: 56,
     loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96, key: 104,
-    refollow: 112, n: 120 };
-
-  // Register numbers understood by reg_value() in memlog.c.
-  const REGS = {};
-  ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'rsp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13',
-    'r14', 'r15'].forEach((r, i) => { REGS[r] = i + 1; });
-  const REGS32 = {};
-  ['eax', 'ebx', 'ecx', 'edx', 'esi', 'edi', 'ebp', 'esp', 'r8d', 'r9d', 'r10d', 'r11d', 'r12d',
-    'r13d', 'r14d', 'r15d'].forEach((r, i) => { REGS32[r] = i + 1; });
-
-  // Instructions whose first memory operand is read, not written (or not accessed at all).
-  // Capstone's access flags cannot be trusted for vector stores (it marks `movups [rdi], xmm0` and
-  // AVX-512 `vmovdqu64 [rdi], zmm16` as reads), so operand 0 counts as written unless listed here.
-  const NOT_A_STORE = /^(lea|nop|prefetch|clflush|clwb|clde|endbr|bnd|cmp(?!xchg)|test|push|jmp|j[a-z]+$|call|bt$|v?u?comis|v?ptest|fld|fild|fi?u?com|fnstenv|frstor|fxrstor|xrstor|v?ldmxcsr|lgdt|lidt|verr|verw|ptwrite)/;
+    refollow: 112, unsupported: 120, blocks: 128, n: 136 };
+  const MAX_FRIDA_RANGES = 16;
 
   let cm = null;
   let config = {};
   let logBytes = 4 * 1024 * 1024;
-  const threads = new Map();   // threadId -> {log, buf, descs: Map, transform}
-  let slab = null;
-  let slabUsed = DESC_SLAB;
-  const slabs = [];            // keeps every slab alive (Memory.alloc frees on GC)
-  let unsupported = 0;         // stores the log cannot address (gs:, vector-indexed scatter)
+  const threads = new Map();   // threadId -> {threadId, log, buf}
   let refollows = 0;
-  const fridaCode = [];        // [lo, hi) of Frida's executable mappings
+  // memlog.c's [lo, hi) pairs of Frida's executable mappings, ending with lo == 0
+  const fridaCode = Memory.alloc((2 * MAX_FRIDA_RANGES + 1) * 8);
   let resumeStub = null;       // code a healed thread resumes at: re-enters Stalker (makeResumeStub)
   let reenter = null;          // its NativeCallback
   let enableCallback = null;   // memlog_js_enable: memlog_begin on a thread not followed (yet)
@@ -67,6 +46,7 @@ const _memlogModule = (function () {
       memlog_process_vm_readv: libc.getExportByName('process_vm_readv'),
       memlog_getpid: libc.getExportByName('getpid'),
       logs, memlog_ret_pages: retPages, memlog_js_enable: enableCallback,
+      memlog_frida_code: fridaCode,
     });
     const opts = { exceptions: 'propagate' };
     cm._abort = new NativeFunction(cm.memlog_abort, 'int64', ['pointer', 'uint64', 'int', 'pointer'],
@@ -81,20 +61,20 @@ const _memlogModule = (function () {
   // Frida's agent is mapped from a memfd and hidden from enumerateModules(); its code must run
   // natively (it is where the hooks' JavaScript and the exception handler execute). Exclusion only
   // applies to calls: right after a follow, the rest of Frida's own callback runs translated until
-  // it returns, so the transform also leaves its instructions unlogged (fridaCode).
+  // it returns, so the transform also leaves its instructions unlogged (memlog_frida_code).
   function excludeFrida() {
     const maps = File.readAllText('/proc/self/maps').split('\n');
+    let n = 0;
     for (const line of maps) {
       const fields = line.split(/\s+/);
       if (!/frida-agent/.test(line) || fields[1][2] !== 'x') continue;
+      if (n === MAX_FRIDA_RANGES) throw new Error('memlog: too many executable Frida mappings');
       const [lo, hi] = line.split(' ')[0].split('-').map(x => ptr('0x' + x));
       Stalker.exclude({ base: lo, size: hi.sub(lo).toUInt32() });
-      fridaCode.push([lo, hi]);
+      fridaCode.add(16 * n).writePointer(lo);
+      fridaCode.add(16 * n + 8).writePointer(hi);
+      n++;
     }
-  }
-
-  function inFridaCode(address) {
-    return fridaCode.some(([lo, hi]) => address.compare(lo) >= 0 && address.compare(hi) < 0);
   }
 
   function stackLow(sp) {
@@ -111,139 +91,13 @@ const _memlogModule = (function () {
     return sp.sub(8 * 1024 * 1024);
   }
 
-  function allocDesc() {
-    if (slabUsed + DESC_SIZE > DESC_SLAB) {
-      slab = Memory.alloc(DESC_SLAB);
-      slabs.push(slab);
-      slabUsed = 0;
-    }
-    const d = slab.add(slabUsed);
-    slabUsed += DESC_SIZE;
-    return d;
-  }
-
-  function regNumber(name) {
-    if (name === undefined) return [0, false];
-    if (REGS[name] !== undefined) return [REGS[name], false];
-    if (REGS32[name] !== undefined) return [REGS32[name], true];
-    return [-1, false];
-  }
-
-  const REG_NAMES = Object.keys(REGS);
-  // Saved around the call to memlog_store: what the SysV ABI lets a C function clobber.
-  const SAVED = ['rax', 'rcx', 'rdx', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11'];
-  const RED_ZONE = 128;
-  const FRAME = RED_ZONE + 8 * (SAVED.length + 1);   // + flags
-
-  // Load the value register `num` had at the store into `dst`, with SAVED already pushed.
-  function loadReg(it, dst, num) {
-    if (num === 0) {
-      it.putMovRegU64(dst, 0);
-      return;
-    }
-    const reg = REG_NAMES[num - 1];
-    if (reg === 'rsp') it.putLeaRegRegOffset(dst, 'rsp', FRAME);
-    else if (SAVED.indexOf(reg) >= 0) {
-      it.putMovRegRegOffsetPtr(dst, 'rsp', 8 * (SAVED.length - 1 - SAVED.indexOf(reg)));
-    } else it.putMovRegReg(dst, reg);
-  }
-
-  // A call of the C function `fn` with arguments put in place by `args(it)` (SAVED already
-  // pushed), every register and flag preserved, the red zone below rsp left alone and the stack
-  // 16-byte aligned for the call.
-  function putNativeCall(it, fn, args) {
-    it.putLeaRegRegOffset('rsp', 'rsp', -RED_ZONE);
-    it.putPushfx();
-    for (const r of SAVED) it.putPushReg(r);
-    args(it);
-    it.putPushReg('rbx');
-    it.putMovRegReg('rbx', 'rsp');
-    it.putAndRegU32('rsp', 0xfffffff0);
-    it.putCallAddress(fn);
-    it.putMovRegReg('rsp', 'rbx');
-    it.putPopReg('rbx');
-    for (let i = SAVED.length - 1; i >= 0; i--) it.putPopReg(SAVED[i]);
-    it.putPopfx();
-    it.putLeaRegRegOffset('rsp', 'rsp', RED_ZONE);
-  }
-
-  // memlog_store(base, index, rcx, desc) before the store.
-  function putStoreLog(it, e) {
-    putNativeCall(it, cm.memlog_store, w => {
-      loadReg(w, 'rdi', e.base);
-      loadReg(w, 'rsi', e.index);
-      loadReg(w, 'rdx', REGS.rcx);
-      w.putMovRegAddress('rcx', e.desc);
-    });
-  }
-
-  // memlog_check_ret(target) before a `ret`: a smashed return address faults where the exception
-  // handler heals it, not inside Stalker (memlog.c).
-  function putRetCheck(it) {
-    putNativeCall(it, cm.memlog_check_ret, w => w.putMovRegRegOffsetPtr('rdi', 'rsp', FRAME));
-  }
-
-  // The store descriptor of one instruction, or null if it writes no memory we log.
-  function describe(insn, st) {
-    const ops = insn.operands;
-    if (ops.length === 0) return null;
-    let op = null;
-    if (ops[0].type === 'mem' && !NOT_A_STORE.test(insn.mnemonic)) op = ops[0];
-    else {
-      for (const o of ops) if (o.type === 'mem' && o.access.indexOf('w') >= 0) op = o;
-    }
-    if (op === null) return null;
-    const mem = op.value;
-    let flags = 0;
-    let disp = int64(mem.disp || 0);
-    let [base, b32] = regNumber(mem.base);
-    let [index, i32] = regNumber(mem.index);
-    if (mem.base === 'rip') {
-      disp = int64(insn.address.add(insn.size).add(mem.disp || 0).toString());
-      base = 0;
-    }
-    if (base < 0 || index < 0 || mem.segment === 'gs') {
-      unsupported++;
-      return null;
-    }
-    if (b32 || i32) flags |= DESC_ADDR32;
-    if (mem.segment === 'fs') flags |= DESC_FS;
-    if (/^rep/.test(insn.mnemonic)) flags |= DESC_REP;
-    if (/\{k[1-7]\}/.test(insn.opStr) || /maskmov/.test(insn.mnemonic)) flags |= DESC_MASKED;
-    const d = allocDesc();
-    d.writePointer(st.log);
-    d.add(8).writeS64(disp);
-    d.add(16).writeU32(op.size || 8);
-    d.add(20).writeU8(base);
-    d.add(21).writeU8(index);
-    d.add(22).writeU8(mem.scale || 1);
-    d.add(23).writeU8(flags);
-    return { desc: d, base, index };
-  }
-
-  function transformFor(st) {
-    return function (iterator) {
-      let insn;
-      while ((insn = iterator.next()) !== null) {
-        const key = insn.address.toString();
-        let d = st.descs.get(key);
-        if (d === undefined) {
-          d = inFridaCode(insn.address) ? null : describe(insn, st);
-          st.descs.set(key, d);
-        }
-        if (d !== null) putStoreLog(iterator, d);
-        else if (insn.mnemonic === 'ret' && !inFridaCode(insn.address)) putRetCheck(iterator);
-        iterator.keep();
-      }
-    };
-  }
-
   // Takes effect when the current callback returns (Frida follows the calling thread from there).
-  // The event sink is a native no-op (no events are asked for): Frida's default JavaScript sink is
-  // stopped and drained on the JS thread, which raced with a follow right after an unfollow and
-  // crashed that thread.
+  // The transform is memlog.c's, with the thread's log as its data. The event sink is a native
+  // no-op (no events are asked for): Frida's default JavaScript sink is stopped and drained on the
+  // JS thread, which raced with a follow right after an unfollow and crashed that thread.
   function follow(st) {
-    Stalker.follow(st.threadId, { transform: st.transform, onEvent: cm.memlog_no_events });
+    Stalker.follow(st.threadId, { transform: cm.memlog_transform, data: st.log,
+      onEvent: cm.memlog_no_events });
   }
 
   // A heal resumes the thread at a real address (the on-leave trampoline, or raddress): outside
@@ -311,8 +165,7 @@ const _memlogModule = (function () {
     log.add(F.cap).writeU64(logBytes);
     log.add(F.skipLo).writePointer(stackLow(sp || ptr(0)));
     log.add(F.fsBase).writePointer(cm._pthreadSelf());
-    st = { threadId, log, buf, descs: new Map(), transform: null };
-    st.transform = transformFor(st);
+    st = { threadId, log, buf };
     if (cm._register(log) !== 0) throw new Error(`memlog: more than ${MAX_THREADS} threads`);
     threads.set(threadId, st);
     follow(st);
@@ -365,10 +218,12 @@ const _memlogModule = (function () {
   }
 
   function stats() {
-    const out = { threads: threads.size, refollows, logged: 0, loggedBytes: 0, skipped: 0, overflows: 0,
-      unreadable: 0, restored: 0, unsupported, rollback: config.rollback !== false };
+    const counters = ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored',
+      'unsupported', 'blocks'];
+    const out = { threads: threads.size, refollows, rollback: config.rollback !== false };
+    for (const k of counters) out[k] = 0;
     for (const st of threads.values()) {
-      for (const k of ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored']) {
+      for (const k of counters) {
         out[k] += st.log.add(F[k]).readU64().toNumber();
       }
     }

@@ -1,21 +1,25 @@
 /*
  * The memory log (STEM section 3.3.1): the old bytes of every store a supervised function makes,
- * recorded by a call the Stalker transform places before each instruction with a memory
- * destination, undone in reverse order on abort.  Loaded by 20_memlog.js as CSOURCE["memlog.c"].
+ * recorded by a call the Stalker transform (memlog_transform, below) places before each
+ * instruction with a memory destination, undone in reverse order on abort.  Loaded by
+ * 20_memlog.js as CSOURCE["memlog.c"].
  *
  * Every followed thread has one MemLog (preallocated storage, the paper's proposed enhancement);
- * every translated store instruction has one StoreDesc that points at its thread's MemLog, so the
- * call needs no thread lookup.  There are no C globals: CModule globals were read-only in this
- * setup (see shared/notes/frida-findings.md), all state lives in memory the script allocates.
+ * the code translated for a thread passes its MemLog and the store's operand as immediates, so
+ * the call needs no thread lookup.  There are no C globals: CModule globals were read-only in
+ * this setup (see shared/notes/frida-findings.md), all state lives in memory the script
+ * allocates.
  *
  * Log layout: entries back to back, each  [u64 addr][u64 len][len bytes, padded to 8][u64 size]
  * where the trailing size (header + padded data + trailer) lets rollback walk backwards.
  */
-#include <glib.h>
+#include <gum/gumstalker.h>
+#include <string.h>
 
 typedef struct _MemLog MemLog;
 typedef struct _StoreDesc StoreDesc;
 typedef struct _Marker Marker;
+typedef union _StorePacked StorePacked;
 
 #define MAX_MARKERS 64 /* the core's MAX_FRAMES */
 #define MAX_THREADS 256
@@ -44,6 +48,8 @@ struct _MemLog {
   guint64 restored;
   guint64 key;          /* the thread's control block (%fs:0): memlog_thread() finds the log */
   guint64 refollow;     /* a root heal stopped following: the next transaction follows again */
+  guint64 unsupported;  /* stores the log cannot address (gs:, vector-indexed scatter) */
+  guint64 blocks;       /* blocks translated for this thread (Stalker's code cache is per thread) */
   guint64 n;            /* open transactions (markers) */
   Marker markers[MAX_MARKERS];
 };
@@ -55,15 +61,19 @@ enum {
   DESC_MASKED = 8,    /* AVX-512 masked store: may touch fewer bytes than its width */
 };
 
-/* One store instruction; base and index are register numbers of 20_memlog.js (0: none). */
+/* One store instruction's operand; base and index are register numbers (reg_number: 0 none). */
 struct _StoreDesc {
-  MemLog *log;
-  gint64 disp;        /* for rip-relative operands: the absolute address, base = none */
   guint32 size;
   guint8 base;
   guint8 index;
   guint8 scale;
   guint8 flags;
+};
+
+/* A StoreDesc passed as one immediate. */
+union _StorePacked {
+  StoreDesc d;
+  guint64 u;
 };
 
 extern long memlog_process_vm_readv (int pid, const void *local, unsigned long nlocal,
@@ -147,27 +157,27 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
 }
 
 /*
- * Called before every store of a followed thread, from code the transform writes inline
- * (20_memlog.js saves the caller-saved registers and flags and passes the operand's register
- * values): a Stalker callout saves the whole CPU context and cost ~8x more a store.
+ * Called before every store of a followed thread while its gate is on, from code the transform
+ * writes inline (put_gated_call saves the caller-saved registers and flags and passes the
+ * operand's register values): a Stalker callout saves the whole CPU context and cost ~8x more a
+ * store.  disp is the absolute address for rip-relative operands (base none).
  */
-void
-memlog_store (guint64 base, guint64 index, guint64 rcx, StoreDesc *d)
+static void
+memlog_store (guint64 base, guint64 index, guint64 rcx, MemLog * log, gint64 disp, guint64 packed)
 {
-  MemLog *log = d->log;
+  StorePacked p;
   guint64 addr, n;
 
-  if (!log->on)
-    return;
-  addr = (guint64) d->disp + base + index * d->scale;
-  if (d->flags & DESC_ADDR32)
+  p.u = packed;
+  addr = (guint64) disp + base + index * p.d.scale;
+  if (p.d.flags & DESC_ADDR32)
     addr &= 0xffffffff;
-  if (d->flags & DESC_FS)
+  if (p.d.flags & DESC_FS)
     addr += log->fs_base;
-  n = d->size;
-  if (d->flags & DESC_REP)
+  n = p.d.size;
+  if (p.d.flags & DESC_REP)
     n *= rcx;
-  record (log, addr, n, (d->flags & DESC_MASKED) != 0);
+  record (log, addr, n, (p.d.flags & DESC_MASKED) != 0);
 }
 
 /* Undo every entry above pos, newest first; the log shrinks to pos. Returns entries restored. */
@@ -357,7 +367,7 @@ memlog_gradual (MemLog * log)
 #define RET_PAGES 4096
 extern guint64 memlog_ret_pages[RET_PAGES];
 
-void
+static void
 memlog_check_ret (guint64 target)
 {
   guint64 page = target >> 12;
@@ -368,4 +378,293 @@ memlog_check_ret (guint64 target)
   if (target < 0x10000 || safe_read (&byte, target, 1) != 1)
     byte = *(volatile guint8 *) target;
   *slot = page + 1;
+}
+
+/*
+ * The Stalker transform (Stalker.follow's `transform`, user data: the thread's MemLog), in C: a
+ * thread's blocks are translated for it alone, so Apache's ~25 worker threads translated each of
+ * Apache's ~4,000 blocks ~21 times, and a JavaScript transform cost ~35 us a block there.
+ *
+ * Before every instruction with a memory destination it writes a gated call of memlog_store with
+ * the operand's register values, and before every `ret` one of memlog_check_ret with its target;
+ * Frida's own code (memlog_frida_code, [lo, hi) pairs ending with lo == 0) is left alone.
+ */
+extern guint64 memlog_frida_code[];
+
+enum { REG_RSP = 8 };
+
+/* Register numbers of StoreDesc (0: none), from Capstone's; 32-bit registers set DESC_ADDR32. */
+static gint
+reg_number (x86_reg r, guint8 * flags)
+{
+  switch (r)
+  {
+    case X86_REG_INVALID: return 0;
+    case X86_REG_EAX: *flags |= DESC_ADDR32; return 1;
+    case X86_REG_RAX: return 1;
+    case X86_REG_EBX: *flags |= DESC_ADDR32; return 2;
+    case X86_REG_RBX: return 2;
+    case X86_REG_ECX: *flags |= DESC_ADDR32; return 3;
+    case X86_REG_RCX: return 3;
+    case X86_REG_EDX: *flags |= DESC_ADDR32; return 4;
+    case X86_REG_RDX: return 4;
+    case X86_REG_ESI: *flags |= DESC_ADDR32; return 5;
+    case X86_REG_RSI: return 5;
+    case X86_REG_EDI: *flags |= DESC_ADDR32; return 6;
+    case X86_REG_RDI: return 6;
+    case X86_REG_EBP: *flags |= DESC_ADDR32; return 7;
+    case X86_REG_RBP: return 7;
+    case X86_REG_ESP: *flags |= DESC_ADDR32; return REG_RSP;
+    case X86_REG_RSP: return REG_RSP;
+    case X86_REG_R8D: *flags |= DESC_ADDR32; return 9;
+    case X86_REG_R8: return 9;
+    case X86_REG_R9D: *flags |= DESC_ADDR32; return 10;
+    case X86_REG_R9: return 10;
+    case X86_REG_R10D: *flags |= DESC_ADDR32; return 11;
+    case X86_REG_R10: return 11;
+    case X86_REG_R11D: *flags |= DESC_ADDR32; return 12;
+    case X86_REG_R11: return 12;
+    case X86_REG_R12D: *flags |= DESC_ADDR32; return 13;
+    case X86_REG_R12: return 13;
+    case X86_REG_R13D: *flags |= DESC_ADDR32; return 14;
+    case X86_REG_R13: return 14;
+    case X86_REG_R14D: *flags |= DESC_ADDR32; return 15;
+    case X86_REG_R14: return 15;
+    case X86_REG_R15D: *flags |= DESC_ADDR32; return 16;
+    case X86_REG_R15: return 16;
+    default: return -1;
+  }
+}
+
+static const GumX86Reg gum_reg[17] = {
+  GUM_X86_NONE, GUM_X86_RAX, GUM_X86_RBX, GUM_X86_RCX, GUM_X86_RDX, GUM_X86_RSI, GUM_X86_RDI,
+  GUM_X86_RBP, GUM_X86_RSP, GUM_X86_R8, GUM_X86_R9, GUM_X86_R10, GUM_X86_R11, GUM_X86_R12,
+  GUM_X86_R13, GUM_X86_R14, GUM_X86_R15,
+};
+
+/*
+ * Instructions whose first memory operand is read, not written (or not accessed at all).
+ * Capstone's access flags cannot be trusted for vector stores (it marks `movups [rdi], xmm0` and
+ * AVX-512 `vmovdqu64 [rdi], zmm16` as reads), so operand 0 counts as written unless listed here.
+ */
+static gboolean
+only_reads (const char * m)
+{
+  static const char * const prefixes[] = {
+    "lea", "nop", "prefetch", "clflush", "clwb", "clde", "endbr", "bnd", "test", "push", "call",
+    "comis", "ucomis", "vcomis", "vucomis", "ptest", "vptest", "fld", "fild", "fcom", "ficom",
+    "fucom", "fiucom", "fnstenv", "frstor", "fxrstor", "xrstor", "ldmxcsr", "vldmxcsr", "lgdt",
+    "lidt", "verr", "verw", "ptwrite", NULL,
+  };
+  guint i;
+
+  for (i = 0; prefixes[i] != NULL; i++)
+    if (strncmp (m, prefixes[i], strlen (prefixes[i])) == 0)
+      return TRUE;
+  if (strncmp (m, "cmp", 3) == 0)
+    return strncmp (m + 3, "xchg", 4) != 0;  /* cmps/cmpps read; cmpxchg writes */
+  if (strcmp (m, "bt") == 0)
+    return TRUE;                             /* bts/btr/btc write */
+  if (m[0] == 'j')
+  {
+    for (i = 1; m[i] >= 'a' && m[i] <= 'z'; i++)
+      ;
+    return i > 1 && m[i] == '\0';            /* jmp and every jcc */
+  }
+  return FALSE;
+}
+
+/* An AVX-512 store under an opmask (or maskmov): it may touch fewer bytes than its width. */
+static gboolean
+masked (const cs_insn * insn)
+{
+  const char * s = insn->op_str;
+
+  if (strstr (insn->mnemonic, "maskmov") != NULL)
+    return TRUE;
+  while ((s = strstr (s, "{k")) != NULL)
+  {
+    if (s[2] >= '1' && s[2] <= '7' && s[3] == '}')
+      return TRUE;
+    s += 2;
+  }
+  return FALSE;
+}
+
+/* The operand insn stores to, or FALSE if it writes no memory we log. */
+static gboolean
+describe (const cs_insn * insn, MemLog * log, StoreDesc * d, gint64 * disp)
+{
+  const cs_x86 * x86 = &insn->detail->x86;
+  const cs_x86_op * op = NULL;
+  gint base, index;
+  guint8 i;
+
+  if (x86->op_count == 0)
+    return FALSE;
+  if (x86->operands[0].type == X86_OP_MEM && !only_reads (insn->mnemonic))
+    op = &x86->operands[0];
+  else
+    for (i = 0; i < x86->op_count; i++)
+      if (x86->operands[i].type == X86_OP_MEM && (x86->operands[i].access & CS_AC_WRITE))
+        op = &x86->operands[i];
+  if (op == NULL)
+    return FALSE;
+  d->flags = 0;
+  *disp = op->mem.disp;
+  if (op->mem.base == X86_REG_RIP)
+  {
+    *disp += (gint64) (insn->address + insn->size);
+    base = 0;
+  }
+  else
+    base = reg_number (op->mem.base, &d->flags);
+  index = reg_number (op->mem.index, &d->flags);
+  if (base < 0 || index < 0 || op->mem.segment == X86_REG_GS)
+  {
+    log->unsupported++;
+    return FALSE;
+  }
+  if (op->mem.segment == X86_REG_FS)
+    d->flags |= DESC_FS;
+  if (strncmp (insn->mnemonic, "rep", 3) == 0)
+    d->flags |= DESC_REP;
+  if (masked (insn))
+    d->flags |= DESC_MASKED;
+  d->size = op->size != 0 ? op->size : 8;
+  d->base = (guint8) base;
+  d->index = (guint8) index;
+  d->scale = op->mem.scale != 0 ? (guint8) op->mem.scale : 1;
+  return TRUE;
+}
+
+/* Saved around the call: what the SysV ABI lets a C function clobber. */
+#define N_SAVED 9
+static const GumX86Reg saved[N_SAVED] = {
+  GUM_X86_RAX, GUM_X86_RCX, GUM_X86_RDX, GUM_X86_RSI, GUM_X86_RDI, GUM_X86_R8, GUM_X86_R9,
+  GUM_X86_R10, GUM_X86_R11,
+};
+#define RED_ZONE 128
+#define FRAME (RED_ZONE + 8 * (N_SAVED + 1))  /* + the flags: rsp + FRAME is the store's rsp */
+
+/* Load into dst the value register `num` had at the instruction, with `saved` pushed. */
+static void
+load_reg (GumX86Writer * cw, GumX86Reg dst, guint8 num)
+{
+  guint i;
+
+  if (num == 0)
+  {
+    gum_x86_writer_put_mov_reg_u64 (cw, dst, 0);
+    return;
+  }
+  if (num == REG_RSP)
+  {
+    gum_x86_writer_put_lea_reg_reg_offset (cw, dst, GUM_X86_RSP, FRAME);
+    return;
+  }
+  for (i = 0; i < N_SAVED; i++)
+  {
+    if (saved[i] == gum_reg[num])
+    {
+      gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, dst, GUM_X86_RSP, 8 * (N_SAVED - 1 - i));
+      return;
+    }
+  }
+  gum_x86_writer_put_mov_reg_reg (cw, dst, gum_reg[num]);
+}
+
+/*
+ * The thread's gate (log->on, 0 or 1) is tested first, inline and without touching the flags
+ * (rcx = on - 1 with lea, then jrcxz): with it off, nearly always in a server, an instruction
+ * pays 9 cheap ones, not a call that saves the flags and 9 registers.  With it on: the red zone
+ * below rsp is skipped, flags and `saved` pushed, the stack aligned for the call of memlog_store
+ * (desc != NULL) or memlog_check_ret.
+ */
+static void
+put_gated_call (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint64 disp)
+{
+  static const guint8 jrcxz[2] = { 0xe3, 0 };
+  static const guint8 jmp[5] = { 0xe9, 0, 0, 0, 0 };
+  guint8 * skip, * done;
+  guint i;
+
+  gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, -RED_ZONE);
+  gum_x86_writer_put_push_reg (cw, GUM_X86_RCX);
+  gum_x86_writer_put_mov_reg_address (cw, GUM_X86_RCX, GUM_ADDRESS (&log->on));
+  gum_x86_writer_put_mov_reg_reg_ptr (cw, GUM_X86_RCX, GUM_X86_RCX);
+  gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RCX, GUM_X86_RCX, -1);
+  skip = cw->code;
+  gum_x86_writer_put_bytes (cw, jrcxz, sizeof (jrcxz));  /* to the call: the gate is on */
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RCX);
+  gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, RED_ZONE);
+  done = cw->code;
+  gum_x86_writer_put_bytes (cw, jmp, sizeof (jmp));      /* past the call */
+  skip[1] = (guint8) (cw->code - (skip + 2));
+
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RCX);  /* rsp stays below the red zone */
+  gum_x86_writer_put_pushfx (cw);
+  for (i = 0; i < N_SAVED; i++)
+    gum_x86_writer_put_push_reg (cw, saved[i]);
+  if (desc != NULL)
+  {
+    load_reg (cw, GUM_X86_RDI, desc->d.base);
+    load_reg (cw, GUM_X86_RSI, desc->d.index);
+    load_reg (cw, GUM_X86_RDX, 3);            /* rcx: rep's count */
+    gum_x86_writer_put_mov_reg_address (cw, GUM_X86_RCX, GUM_ADDRESS (log));
+    gum_x86_writer_put_mov_reg_u64 (cw, GUM_X86_R8, (guint64) disp);
+    gum_x86_writer_put_mov_reg_u64 (cw, GUM_X86_R9, desc->u);
+  }
+  else
+  {
+    gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, GUM_X86_RDI, GUM_X86_RSP, FRAME);
+  }
+  gum_x86_writer_put_push_reg (cw, GUM_X86_RBX);
+  gum_x86_writer_put_mov_reg_reg (cw, GUM_X86_RBX, GUM_X86_RSP);
+  gum_x86_writer_put_and_reg_u32 (cw, GUM_X86_RSP, 0xfffffff0);
+  gum_x86_writer_put_call_address (cw, desc != NULL ? GUM_ADDRESS (memlog_store)
+                                                    : GUM_ADDRESS (memlog_check_ret));
+  gum_x86_writer_put_mov_reg_reg (cw, GUM_X86_RSP, GUM_X86_RBX);
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RBX);
+  for (i = N_SAVED; i > 0; i--)
+    gum_x86_writer_put_pop_reg (cw, saved[i - 1]);
+  gum_x86_writer_put_popfx (cw);
+  gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, RED_ZONE);
+  *(gint32 *) (done + 1) = (gint32) (cw->code - (done + 5));
+}
+
+static gboolean
+in_frida_code (guint64 address)
+{
+  guint i;
+
+  for (i = 0; memlog_frida_code[i] != 0; i += 2)
+    if (address >= memlog_frida_code[i] && address < memlog_frida_code[i + 1])
+      return TRUE;
+  return FALSE;
+}
+
+void
+memlog_transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer user_data)
+{
+  MemLog * log = user_data;
+  GumX86Writer * cw = output->writer.x86;
+  const cs_insn * insn;
+
+  log->blocks++;
+  while (gum_stalker_iterator_next (iterator, &insn))
+  {
+    if (!in_frida_code (insn->address))
+    {
+      StorePacked desc;
+      gint64 disp;
+
+      desc.u = 0;
+      if (describe (insn, log, &desc.d, &disp))
+        put_gated_call (cw, log, &desc, disp);
+      else if (insn->id == X86_INS_RET)
+        put_gated_call (cw, log, NULL, 0);
+    }
+    gum_stalker_iterator_keep (iterator);
+  }
 }

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
+from vproxy import _sockio
 from vproxy._session import ControlSession
 
 if TYPE_CHECKING:
@@ -23,12 +24,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("vproxy.control")
 
+_READ = 4096  # bytes of control lines applied per read (see ``_Channel``)
+
 
 class ControlSocketError(Exception):
     """The control socket could not be set up; the message names the path and the fix."""
 
 
-def open_control(path: str, user: str | None) -> tuple[trio.socket.SocketType, str]:
+def open_control(path: str, user: str | None) -> tuple[socket.socket, str]:
     """Create the listening control socket and write ``PATH.token``, both mode 0600.
 
     Args:
@@ -36,7 +39,7 @@ def open_control(path: str, user: str | None) -> tuple[trio.socket.SocketType, s
         user: owner of both files (e.g. ``www-data``), or None to keep root.
 
     Returns:
-        (listening trio socket, token).
+        (listening non-blocking socket, token).
 
     Error handling:
         ControlSocketError when the path is taken by a non-socket, the directory is missing or
@@ -62,9 +65,9 @@ def open_control(path: str, user: str | None) -> tuple[trio.socket.SocketType, s
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
         os.chmod(token_path, 0o600)
-        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        raw.bind(path)
-        sock = trio.socket.from_stdlib_socket(raw)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.bind(path)
         os.chmod(path, 0o600)  # before listen(): nobody can connect while it is wider
         if user is not None:
             os.chown(path, uid, gid)
@@ -76,38 +79,85 @@ def open_control(path: str, user: str | None) -> tuple[trio.socket.SocketType, s
     return sock, token
 
 
-async def serve_control(gateway: Gateway, sock: trio.socket.SocketType, token: str) -> None:
-    """Accept control connections forever, one task each."""
+async def serve_control(gateway: Gateway, sock: socket.socket, token: str) -> None:
+    """Accept control connections forever, one task each (their lines are read and applied by
+    the gateway's relay loop, ``_Channel``; the task sends answers and cleans up)."""
     async with trio.open_nursery() as nursery:
         while True:
-            conn, _ = await sock.accept()
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS
+                log.warning("control accept failed", cause=exc.strerror or str(exc))
+                await trio.sleep(0.05)  # do not spin while out of file descriptors
+                continue
+            conn.setblocking(False)
             nursery.start_soon(_session, gateway, conn, token)
 
 
-async def _session(gateway: Gateway, conn: trio.socket.SocketType, token: str) -> None:
-    session = ControlSession(gateway, token)
-    with conn:
+class _Channel:
+    """One control connection as the relay loop serves it: ``readable`` reads once and applies the
+    lines (a read of at most ``_READ`` bytes, so a long batch of lines is applied in slices with
+    the traffic served in between: one 64 KiB read of events stalled traffic for ~40 ms); answers
+    and the end are left to the connection's task (``wake``)."""
+
+    __slots__ = ("answers", "ended", "session", "sock", "wake")
+
+    def __init__(self, sock: socket.socket, session: ControlSession) -> None:
+        self.sock = sock
+        self.session = session
+        self.answers = bytearray()  # to send, in order
+        self.ended = False
+        self.wake = trio.Event()
+
+    def readable(self) -> None:
         try:
-            while not session.closed:
-                # small reads: a long batch of lines is applied in slices, with the relay tasks
-                # scheduled in between (one 64 KiB read of events stalled traffic for ~40 ms)
-                data = await conn.recv(4096)
-                try:
-                    answer = session.receive_data(data)
-                except Exception:  # a bug here must not take the gateway's traffic down
-                    log.exception("control session failed; closing this control connection")
-                    break
-                while answer:
-                    answer = answer[await conn.send(answer):]
-                if not data:
-                    break
+            data = self.sock.recv(_READ)
+        except BlockingIOError:
+            return
         except OSError as exc:
             log.info("control connection lost", cause=exc.strerror or str(exc))
+            data = b""
+        try:
+            self.answers += self.session.receive_data(data)
+        except Exception:  # a bug here must not take the gateway's traffic down
+            log.exception("control session failed; closing this control connection")
+            data = b""
+        if not data or self.session.closed:
+            self.ended = True
+            self.wake.set()
+        elif self.answers:
+            self.wake.set()
+
+
+async def _session(gateway: Gateway, conn: socket.socket, token: str) -> None:
+    channel = _Channel(conn, ControlSession(gateway, token))
+    session = channel.session
+    try:
+        gateway.fast.watch(conn, channel.readable)
+        try:
+            while True:
+                await channel.wake.wait()
+                channel.wake = trio.Event()
+                if channel.answers:
+                    answers = bytes(channel.answers)
+                    channel.answers.clear()
+                    await _sockio.send_all(conn, answers)
+                if channel.ended:
+                    break
         finally:
-            if session.hello is None and session.closed:
-                gateway.stats.refused_controllers += 1
-            else:
-                try:
-                    session.lost()
-                except Exception:
-                    log.exception("aborting a lost controller's transactions failed")
+            gateway.fast.unwatch(conn)
+    except OSError as exc:
+        log.info("control connection lost", cause=exc.strerror or str(exc))
+    finally:
+        trio.lowlevel.notify_closing(conn)
+        conn.close()
+        if session.hello is None and session.closed:
+            gateway.stats.refused_controllers += 1
+        else:
+            try:
+                session.lost()
+            except Exception:
+                log.exception("aborting a lost controller's transactions failed")

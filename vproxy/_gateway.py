@@ -157,7 +157,7 @@ async def serve(config: GatewayConfig, *, reuse_port: bool = False,
         raise GatewayError("no route: give --upstream (and --listen) or at least one --route")
     gateway = Gateway(config)
     socks = []
-    control: trio.socket.SocketType | None = None
+    control: socket.socket | None = None
     token = ""
     try:
         for route in config.routes:

@@ -13,7 +13,7 @@ alternately (A B C ... A B C ...) so that drift on the shared machine hits them 
 - ``vproxy-request``: the same with ``--coverage list:`` ``ap_process_async_request``: each
   request is one transaction whose output the gateway holds until it commits;
   ``vproxy-request-nolog`` the same without the memory log (``--disable-plugin memlog``), to see
-  what the log costs.
+  what the log costs; ``vproxy-cosak-nolog`` likewise for COSAK.
 
 Each guarded crawl gets a freshly started Apache (attached after its start-up, as in the paper),
 so the native and proxy baselines run on an Apache the healer never touched; whether Apache
@@ -55,8 +55,9 @@ from targets import apache
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("native", "haproxy-tcp", "vproxy-pass", "vproxy-none", "vproxy-request",
-           "vproxy-request-nolog", "vproxy-cosak", "vproxy-all")
-GUARDED = ("vproxy-none", "vproxy-request", "vproxy-request-nolog", "vproxy-cosak", "vproxy-all")
+           "vproxy-request-nolog", "vproxy-cosak", "vproxy-cosak-nolog", "vproxy-all")
+GUARDED = ("vproxy-none", "vproxy-request", "vproxy-request-nolog", "vproxy-cosak",
+           "vproxy-cosak-nolog", "vproxy-all")
 REQUEST_FUNCTION = "ap_process_async_request"  # the event MPM's per-request entry point (-X)
 PORTS = {"haproxy-tcp": 8081, "vproxy-pass": 8082, "vproxy-guarded": 8083}
 VPROXY_FLAGS = ("--protocol", "http", "--control-user", "www-data")
@@ -197,12 +198,12 @@ def _server(name: str) -> str:
 
 def _healer_flags(name: str, work: Path) -> list[str]:
     """The ``healer attach`` flags of a guarded configuration."""
+    nolog = ["--disable-plugin", "memlog"] if name.endswith("-nolog") else []
     if name.startswith("vproxy-request"):
         listed = work / "request.txt"
         listed.write_text(REQUEST_FUNCTION + "\n")
-        nolog = ["--disable-plugin", "memlog"] if name.endswith("-nolog") else []
         return ["--coverage", f"list:{listed}", *nolog]
-    return ["--coverage", name.removeprefix("vproxy-")]
+    return ["--coverage", name.removeprefix("vproxy-").removesuffix("-nolog"), *nolog]
 
 
 def _round(cfg: Config, topo: netns.Topology, httpd: apache.Apache,

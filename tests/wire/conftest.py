@@ -88,12 +88,14 @@ class Listener:
 
 
 class Server:
-    """partial_reply_server, started, with the stand-in core + wire + memlog attached."""
+    """A target (partial_reply_server unless named) on a free port, with the stand-in core + wire
+    + memlog (``instrument``) or the real agent (``instrument_agent``) attached."""
 
-    def __init__(self, opt: str = "-O2") -> None:
-        self.proc = subprocess.Popen([str(build("partial_reply_server", opt=opt)), "0"],
+    def __init__(self, opt: str = "-O2", target: str = "partial_reply_server") -> None:
+        self.proc = subprocess.Popen([str(build(target, opt=opt)), "0"],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
+        # "listening PORT" (partial_reply_server) or "READY PORT" (login_server)
         self.port = int(self.proc.stdout.readline().split()[1])
         self.session = frida.attach(self.proc.pid)
         self.events: list[dict] = []
@@ -119,6 +121,11 @@ class Server:
     def status(self) -> dict:
         assert self.script is not None
         return self.script.exports_sync.status()
+
+    def inject(self, spec: dict) -> None:
+        """The real agent's fault injection (``{function, always}``: fails at the epilogue)."""
+        assert self.script is not None
+        self.script.exports_sync.inject(spec)
 
     def connect(self) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)

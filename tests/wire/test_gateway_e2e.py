@@ -37,16 +37,24 @@ async def guarded(serving) -> None:
             await trio.sleep(0.01)
 
 
-async def start(nursery, server, tmp_path, *, real_agent: bool = False):
-    """vproxy.serve in front of ``server``, the agent paired with it, a client connected."""
+# The real agent supervising partial_reply_server's two handlers (the tests of real faults).
+HANDLERS = {"coverage": {"mode": "list", "functions": ["handle_request", "handle_exchange"]}}
+
+
+async def start(nursery, server, tmp_path, *, agent: dict | None = None):
+    """vproxy.serve in front of ``server``, the agent paired with it, a client connected.
+
+    Args:
+        agent: the real agent's configuration (coverage, inject, profile...); None: the stand-in
+            core supervising partial_reply_server's handlers.
+    """
     config = GatewayConfig(routes=(Route(Address("127.0.0.1", 0),
                                          Address("127.0.0.1", server.port), "line"),),
                            control=str(tmp_path / "ctl.sock"))
     serving = await nursery.start(vproxy.serve, config)
     control = {"control": {"path": serving.control, "token": serving.token}}
-    if real_agent:
-        coverage = {"mode": "list", "functions": ["handle_request", "handle_exchange"]}
-        await trio.to_thread.run_sync(server.instrument_agent, {**control, "coverage": coverage})
+    if agent is not None:
+        await trio.to_thread.run_sync(server.instrument_agent, {**control, **agent})
     else:
         await trio.to_thread.run_sync(server.instrument, control)
     await guarded(serving)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import trio
 
-from .test_gateway_e2e import recv_until, start
+from .test_gateway_e2e import HANDLERS, recv_until, start
 
 
 async def test_fault_after_a_partial_reply_is_healed_and_the_reply_replaced(server, tmp_path):
     async with trio.open_nursery() as nursery:
-        client = await start(nursery, server, tmp_path, real_agent=True)
+        client = await start(nursery, server, tmp_path, agent=HANDLERS)
         with client:
             await client.send(b"GET alice\n")
             assert await recv_until(client, b"\n") == b"REPLY alice\n"
@@ -33,7 +33,7 @@ async def test_fault_after_a_partial_reply_is_healed_and_the_reply_replaced(serv
 
 async def test_fault_after_a_gradual_commit_keeps_what_came_before_the_read(server, tmp_path):
     async with trio.open_nursery() as nursery:
-        client = await start(nursery, server, tmp_path, real_agent=True)
+        client = await start(nursery, server, tmp_path, agent=HANDLERS)
         with client:
             await client.send(b"ASK carol\n")
             assert await recv_until(client, b"\n") == b"QUESTION carol?\n"

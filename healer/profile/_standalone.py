@@ -120,14 +120,17 @@ EPILOGUE = r"""
     return null;
   }
 
-  // 'name' (the executable), '0x...' (an address) or 'module!name' (a library's export: library
-  // calls in the windows, as the STEM paper's profiler saw them)
+  // 'name' (the executable), '0x...' (an address) or 'lib!name' (a library's export: library
+  // calls in the windows, as the STEM paper's profiler saw them). 'lib' is the module's file name
+  // or its start up to a dot ('libc' for libc.so.6, 'libapr-1' for libapr-1.so.0.7.2)
   function resolve(main, name) {
     if (name.startsWith('0x')) return ptr(name);
     const bang = name.indexOf('!');
     if (bang > 0) {
-      const mod = Process.findModuleByName(name.slice(0, bang));
-      return mod === null ? null : mod.findExportByName(name.slice(bang + 1));
+      const lib = name.slice(0, bang);
+      const mod = Process.enumerateModules()
+        .find((m) => m.name === lib || m.name.startsWith(lib + '.'));
+      return mod === undefined ? null : mod.findExportByName(name.slice(bang + 1));
     }
     return main.findExportByName(name) || main.findSymbolByName(name);
   }

@@ -30,9 +30,9 @@ const _wireModule = (function () {
   const SOCK_SIZE = 104;
   const STACK_SIZE = 24 + 64 * 72;
   const MAX_THREADS = 256;
-  const WIRE_SIZE = 472 + 48 * 1024 + 16384 + 65536 + 4096;
-  const W = { fd: 8, control: 32, memlog: 40, nTcp: 80, counters: 96, lostWhy: 200, errPending: 208,
-    errline: 216 };
+  const WIRE_SIZE = 480 + 48 * 1024 + 16384 + 65536 + 4096;
+  const W = { fd: 8, control: 32, memlog: 40, nTcp: 80, counters: 104, lostWhy: 208, errPending: 216,
+    errline: 224 };
   const COUNTERS = ['lines', 'flushes', 'bytes', 'lostLines', 'errs', 'gradual', 'sendFailures',
     'announced', 'commits', 'aborts', 'unguards', 'folded', 'reentered'];
   const S = { state: 0, cid: 8, out: 16, in: 24 };

@@ -84,6 +84,7 @@ typedef struct {
   guint64 lock;            /* the owner's thread key, 0 when free */
   gint64 fd;               /* control connection, -1 when there is none */
   guint64 pid, cgen, control, memlog, armed, gen, n, text_len, n_tcp, next_cid;
+  guint64 fd_end;          /* above the highest fd ever seen as a TCP socket */
   /* counters (10_wire.js stats(): same order) */
   guint64 lines, flushes, bytes, lost_lines, errs, gradual, send_failures, announced, commits,
       aborts, unguards, folded, reentered;
@@ -630,7 +631,7 @@ wire_publish (gint64 fd)
   wire.fd = fd;
   wire.pid = (guint64) getpid ();
   wire.cgen++;
-  for (i = 0; i < MAX_FD && wire.fd >= 0; i++)
+  for (i = 0; i < wire.fd_end && wire.fd >= 0; i++)
   {
     Entry e = { E_CONN, 0, i, socks[i].cid, 0, 0 };
     char * p;
@@ -801,6 +802,8 @@ sock_of (gint64 fd)
     s->cid = ++wire.next_cid;
     s->state = S_TCP;
     wire.n_tcp++;
+    if ((guint64) fd >= wire.fd_end)
+      wire.fd_end = (guint64) fd + 1;
     if (wire.control)
     {
       Entry * e = push (E_CONN);
@@ -852,7 +855,7 @@ before_input (Sock * s)
 static void
 account (Sock * s, guint64 dir, guint64 n)
 {
-  Stack * t = stack_of (0);
+  Stack * t = stack_of (1);
   guint64 start, end;
   int urgent = 0, arm = 0;
   if (!lock ())
@@ -860,12 +863,14 @@ account (Sock * s, guint64 dir, guint64 n)
   start = s->off[dir];
   end = start + n;
   s->off[dir] = end;
-  if (!wire.control)
+  if (!wire.control || t == NULL)
   {
-    unlock (); /* no gateway: offsets only (nothing would ever send the lines) */
+    /* no gateway: offsets only (nothing would ever send the lines); no slot for this thread (more
+     * than MAX_THREADS, as in the core): nothing is sent, the gateway holds the bytes (fail closed) */
+    unlock ();
     return;
   }
-  if (t == NULL || t->n == 0)
+  if (t->n == 0)
   {
     if (dir == 0)
     {

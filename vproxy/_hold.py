@@ -140,13 +140,12 @@ class OutHold:
         pos, end, base = self.base, self.end, self.base
         ranges, marks = self.ranges, self.marks
         released = discarded = 0
-        send = bytearray()
+        spans: list[tuple[int, int]] = []  # released byte ranges not yet in ``out``
         j = 0
         while True:
             while marks and marks[0].offset <= pos:
-                if send:
-                    out.append(bytes(send))
-                    send.clear()
+                if spans:
+                    out.append(self._take(spans))
                 out.append(marks.pop(0))
             if pos >= end:
                 break
@@ -165,16 +164,27 @@ class OutHold:
             if marks and marks[0].offset < stop:
                 stop = marks[0].offset
             if state == RELEASED:
-                send += self.buf[pos - base: stop - base]
+                if spans and spans[-1][1] == pos - base:
+                    spans[-1] = (spans[-1][0], stop - base)
+                else:
+                    spans.append((pos - base, stop - base))
                 released += stop - pos
             else:
                 discarded += stop - pos
             pos = stop
-        if send:
-            out.append(bytes(send))
+        if spans:
+            out.append(self._take(spans))
         if pos > base:
             self._advance(pos, now, hold_times)
         return out, released, discarded
+
+    def _take(self, spans: list[tuple[int, int]]) -> bytes:
+        """The bytes of ``spans`` (offsets into ``buf``), copied once; ``spans`` is emptied."""
+        with memoryview(self.buf) as view:
+            data = b"".join([view[a:b] for a, b in spans]) if len(spans) > 1 \
+                else view[spans[0][0]:spans[0][1]].tobytes()
+        spans.clear()
+        return data
 
     def force(self, now: float, hold_times: list[float], *, release: bool) -> int:
         """Resolve every byte received so far regardless of ranges (a bound fired).

@@ -285,6 +285,43 @@ def parse_line(line: str) -> Message:
         raise ControlProtocolError(f"{verb}: {exc}", line) from None
 
 
+def _num(tok: bytes) -> bool:
+    return tok.isdigit() and len(tok) <= 20  # (bytes.isdigit: ASCII digits only)
+
+
+def _hot(raw: bytes) -> Message | None:
+    """The lines an agent sends for every transaction (BEGIN, IO, COMMIT, GRADUAL, RELEASE),
+    parsed straight from the bytes when they are well-formed; None for anything else, which
+    ``parse_line`` then parses or names what is wrong with. COSAK on Apache sends ~36 lines a
+    request, so the per-line cost counts: this is ~2x faster than decoding and the generic table."""
+    toks = raw.split(b" ")
+    verb, n = toks[0], len(toks)
+    if verb == b"COMMIT":
+        if n == 2 and _num(toks[1]):
+            return Commit(int(toks[1]))
+    elif verb == b"BEGIN":
+        if n == 3 and _num(toks[1]):
+            parent = toks[2]
+            if parent == b"-":
+                return Begin(int(toks[1]), None)
+            if _num(parent):
+                return Begin(int(toks[1]), int(parent))
+    elif verb == b"IO":
+        if n == 6 and _num(toks[1]) and _num(toks[2]) and _num(toks[4]) and _num(toks[5]):
+            start, end = int(toks[4]), int(toks[5])
+            if end >= start:
+                if toks[3] == b"out":
+                    return Io(int(toks[1]), int(toks[2]), "out", start, end)
+                if toks[3] == b"in":
+                    return Io(int(toks[1]), int(toks[2]), "in", start, end)
+    elif verb == b"RELEASE":
+        if n == 3 and _num(toks[1]) and _num(toks[2]):
+            return Release(int(toks[1]), int(toks[2]))
+    elif verb == b"GRADUAL" and n == 3 and _num(toks[1]) and _num(toks[2]):
+        return Gradual(int(toks[1]), int(toks[2]))
+    return None
+
+
 def encode(msg: Message) -> bytes:
     """One message as its line, newline included.
 
@@ -384,6 +421,9 @@ class ControlReader:
             if len(raw) > MAX_LINE:
                 return Malformed(ControlProtocolError(f"line longer than {MAX_LINE} bytes",
                                                       raw[:60].decode("ascii", "replace")))
+            msg = _hot(raw)
+            if msg is not None:
+                return msg
             try:
                 line = raw.decode("ascii").rstrip("\r")
             except UnicodeDecodeError:

@@ -133,3 +133,37 @@ def test_endpoint_parse_rejects_non_addresses() -> None:
         with pytest.raises(ValueError):
             Endpoint.parse(text_)
     assert Endpoint.parse("[::1]:80") == Endpoint(str(ipaddress.ip_address("::1")), 80)
+
+
+# tokens close to what the hot lines accept: digits (leading zeros, 20/21 digits), '-', the
+# directions, a trailing CR, non-ASCII digits, empty tokens
+odd_token = st.sampled_from(["-", "in", "out", "OUT", "", "0" * 21, "1" * 20, "007", "12\r",
+                             "\u0663", "-1", "+1", " "])
+num = st.one_of(uint.map(str), uint.map(str), odd_token)
+direction = st.one_of(st.sampled_from(["in", "out"]), odd_token)
+hot_line = st.one_of(
+    st.builds(lambda a, b: f"BEGIN {a} {b}", num, st.one_of(st.just("-"), num)),
+    st.builds(lambda *t: "IO " + " ".join(t), num, num, direction, num, num),
+    st.builds(lambda a: f"COMMIT {a}", num),
+    st.builds(lambda a, b: f"GRADUAL {a} {b}", num, num),
+    st.builds(lambda a, b: f"RELEASE {a} {b}", num, num),
+    st.builds(lambda verb, toks: " ".join([verb, *toks]),
+              st.sampled_from(["BEGIN", "IO", "COMMIT", "GRADUAL", "RELEASE", "Io"]),
+              st.lists(st.one_of(num, direction), max_size=7)))
+
+
+@settings(PROPS, max_examples=400)
+@given(hot_line)
+def test_hot_lines_read_as_the_generic_parser_reads_them(line) -> None:
+    """The reader's fast path for BEGIN/IO/COMMIT/GRADUAL/RELEASE gives exactly what parse_line
+    gives: the same message, or Malformed with the same reason."""
+    raw = line.encode("utf-8")
+    try:
+        expected: object = parse_line(raw.decode("ascii").rstrip("\r"))
+    except (UnicodeDecodeError, control.ControlProtocolError):
+        expected = None
+    [event] = read_all([raw + b"\n"])
+    if expected is None:
+        assert isinstance(event, Malformed)
+    else:
+        assert event == expected

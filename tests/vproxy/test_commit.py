@@ -10,6 +10,7 @@ import socket
 
 import structlog
 import trio
+import trio.testing
 
 from protocols.control import Abort, Begin, Commit, Gradual, Guard, Io, Release, Unguard
 from vproxy import Address, Route
@@ -460,3 +461,18 @@ async def test_guard_during_a_blocked_transfer_keeps_exact_offsets(start_gateway
         await net.assert_silent(client)
         await ctl.send(Release(1, len(payload)))
         assert await net.recv_exactly(client, 10) == payload[-10:]
+
+
+async def test_held_output_leaves_the_gateway_idle(start_gateway, upstream, net):
+    """While bytes wait for their commit nothing in the gateway runs: no task polls the hold
+    (a hold-ms deadline taken from another clock than trio's once made the writer spin)."""
+    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5))
+    await net.send(server, b"hello")
+    await _wait_held(serving, 5)
+    await ctl.sync()
+    with trio.fail_after(5):  # a spinning task is never blocked: this would time out
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    await net.assert_silent(client)
+    await ctl.send(Commit(1))
+    assert await net.recv_exactly(client, 5) == b"hello"

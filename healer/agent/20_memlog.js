@@ -17,10 +17,10 @@
 const _memlogModule = (function () {
   const MAX_MARKERS = 64;            // memlog.c
   const MAX_THREADS = 256;
-  const LOG_STRUCT = 18 * 8 + MAX_MARKERS * 32; // struct _MemLog
+  const LOG_STRUCT = 19 * 8 + MAX_MARKERS * 32; // struct _MemLog
   const F = { buf: 0, cap: 8, len: 16, on: 24, skipLo: 32, skipHi: 40, fsBase: 48, logged: 56,
     loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96, key: 104,
-    refollow: 112, unsupported: 120, blocks: 128, n: 136 };
+    refollow: 112, unsupported: 120, blocks: 128, capstone: 136, n: 144 };
   const MAX_FRIDA_RANGES = 16;
 
   let cm = null;
@@ -56,6 +56,7 @@ const _memlogModule = (function () {
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
     excludeFrida();
     fastFridaMemset();
+    reuseCapstone();
     makeResumeStub();
   }
 
@@ -79,13 +80,16 @@ const _memlogModule = (function () {
   }
 
   // Stalker links every branch of a thread's translated code to its target once (backpatching),
-  // and each link disassembles the branch with a Capstone handle opened for it: ~30 KiB calloc'd,
-  // then zeroed by Frida's own memset, one byte an iteration. With Apache's ~86,000 translations
-  // in a crawl (memlog_transform) that loop was 25 % of Apache's CPU. The loop (Frida 17.26,
-  // found by its exact bytes: return dst, fill rdx bytes of dst with sil) is rewritten in place
-  // as `rep stosb`, which clobbers no more registers (rax, rcx) and no flags. The patch runs once,
-  // before any thread is followed, when Frida's other threads hardly allocate; where the bytes
-  // are not found (another Frida build) nothing is patched and only speed differs.
+  // and each link disassembles the branch with gum_x86_reader_disassemble_instruction_at, which
+  // opens a Capstone handle for the call: ~30 KiB calloc'd, zeroed by Frida's own memset one byte
+  // an iteration, then filled as a table. With Apache's ~86,000 translations in a crawl
+  // (memlog_transform) the memset was 25 % of Apache's CPU and the table 20 %. Both are found in
+  // Frida's code by their exact bytes (Frida 17.26); where they are not (another Frida build),
+  // nothing is changed and only speed differs. Both are done once, before any thread is
+  // followed, when Frida's other threads hardly run.
+  //
+  // The memset (return dst, fill rdx bytes of dst with sil) is rewritten in place as `rep stosb`,
+  // which clobbers no more registers (rax, rcx) and no flags; it stays after a detach.
   const SLOW_MEMSET = '48 89 f8 31 c9 48 39 d1 74 09 40 88 34 08 48 ff c1 eb f2 c3';
   const FAST_MEMSET = [
     0x57,                   // push rdi
@@ -96,14 +100,33 @@ const _memlogModule = (function () {
     0x48, 0x89, 0xf8,       // mov rax, rdi
     0xc3,                   // ret
   ];
-  function fastFridaMemset() {
+  // gum_x86_reader_disassemble_instruction_at: cs_open(X86, 64), cs_option(DETAIL, ON),
+  // cs_disasm(h, address, 16, address, 1, &insn), cs_close. Replaced (Interceptor, undone when
+  // the script unloads) by memlog_disassemble_at, which keeps a followed thread's handle.
+  const DISASSEMBLE_AT = '55 31 c0 53 48 89 fb 48 83 ec 18 48 89 e5 48 89 44 24 08 e8 ?? ?? ?? ?? ' +
+    '48 89 ea be 08 00 00 00 bf 03 00 00 00 e8 ?? ?? ?? ?? 48 8b 3c 24 ba 03 00 00 00 ' +
+    'be 02 00 00 00 e8 ?? ?? ?? ?? 48 8b 3c 24 48 89 d9 48 89 de 4c 8d 4c 24 08 ' +
+    '41 b8 01 00 00 00 ba 10 00 00 00 e8';
+
+  function scanFridaCode(pattern) {
+    const found = [];
     for (let i = 0; fridaCode.add(16 * i).readU64().toNumber() !== 0; i++) {
       const lo = fridaCode.add(16 * i).readPointer();
       const size = fridaCode.add(16 * i + 8).readPointer().sub(lo).toUInt32();
-      for (const m of Memory.scanSync(lo, size, SLOW_MEMSET)) {
-        Memory.patchCode(m.address, FAST_MEMSET.length, code => code.writeByteArray(FAST_MEMSET));
-      }
+      for (const m of Memory.scanSync(lo, size, pattern)) found.push(m.address);
     }
+    return found;
+  }
+
+  function fastFridaMemset() {
+    for (const at of scanFridaCode(SLOW_MEMSET)) {
+      Memory.patchCode(at, FAST_MEMSET.length, code => code.writeByteArray(FAST_MEMSET));
+    }
+  }
+
+  function reuseCapstone() {
+    const found = scanFridaCode(DISASSEMBLE_AT);
+    if (found.length === 1) Interceptor.replace(found[0], cm.memlog_disassemble_at);
   }
 
   function stackLow(sp) {

@@ -50,6 +50,7 @@ struct _MemLog {
   guint64 refollow;     /* a root heal stopped following: the next transaction follows again */
   guint64 unsupported;  /* stores the log cannot address (gs:, vector-indexed scatter) */
   guint64 blocks;       /* blocks translated for this thread (Stalker's code cache is per thread) */
+  guint64 capstone;     /* the thread's Capstone handle for memlog_disassemble_at (0: not yet) */
   guint64 n;            /* open transactions (markers) */
   Marker markers[MAX_MARKERS];
 };
@@ -239,6 +240,35 @@ memlog_thread (void)
       return log;
   }
   return NULL;
+}
+
+/*
+ * Stands in for Frida's gum_x86_reader_disassemble_instruction_at (20_memlog.js replaces it):
+ * Stalker calls it each time it links a branch of a thread's translated code to its target, and
+ * Frida's opens a Capstone handle for every call (a ~30 KiB table built each time: 20 % of
+ * Apache's CPU while its threads translate).  A followed thread keeps one handle in its MemLog;
+ * any other thread opens one for the call, as Frida does.  The caller frees the instruction
+ * (cs_free (insn, 1)).
+ */
+cs_insn *
+memlog_disassemble_at (gconstpointer address)
+{
+  MemLog * log = memlog_thread ();
+  csh handle = log != NULL ? (csh) log->capstone : 0;
+  cs_insn * insn = NULL;
+
+  if (handle == 0)
+  {
+    if (cs_open (CS_ARCH_X86, CS_MODE_64, &handle) != CS_ERR_OK)
+      return NULL;
+    cs_option (handle, CS_OPT_DETAIL, CS_OPT_ON);
+  }
+  cs_disasm (handle, address, 16, GPOINTER_TO_SIZE (address), 1, &insn);
+  if (log != NULL)
+    log->capstone = (guint64) handle;
+  else
+    cs_close (&handle);
+  return insn;
 }
 
 /* Registers the calling thread's log (20_memlog.js, on the thread, under the JS lock). */

@@ -113,6 +113,8 @@ class _Channel:
         self.wake = trio.Event()
 
     def readable(self) -> None:
+        if self.ended:  # (an EOF stays readable until the task stops the watch)
+            return
         try:
             data = self.sock.recv(_READ)
         except BlockingIOError:

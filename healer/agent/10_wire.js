@@ -6,7 +6,7 @@
 // the line queue and the send()s to vproxy's control socket, so that neither a supervised call nor
 // a socket I/O enters JavaScript (each JS entry, and each memory read from JS, costs Frida one or
 // two gettid() syscalls). This file pairs with the gateway (HELLO) and pairs again after a fork or
-// a lost connection, runs the 2 ms flush timer, calls the memory log's gradual commit, sends
+// a lost connection, runs a 50 ms sweep of lines left queued, calls the memory log's gradual commit, sends
 // ABORT and UNGUARD, logs, and reports counters.
 //
 // COMMIT, ABORT, GRADUAL, RELEASE and CLOSE are flushed at once: the gateway is holding the
@@ -23,7 +23,7 @@
 const _wireModule = (function () {
   const SEND_TIMEOUT_MS = 1000;
   const HELLO_TIMEOUT_MS = 2000;
-  const FLUSH_MS = 2;
+  const SWEEP_MS = 50;
   const BUF_SIZE = 4096;
   // wire.c sizes and layouts
   const MAX_FD = 65536;
@@ -69,7 +69,6 @@ const _wireModule = (function () {
       stacks: Memory.alloc(pages(MAX_THREADS * STACK_SIZE)) };
     const symbols = {
       wire: mem.wire, socks: mem.socks, stacks: mem.stacks,
-      wire_js_arm: callback(() => { setTimeout(() => c.timer(), FLUSH_MS); }, 'void', []),
       wire_js_reconnect: callback(() => (reconnect() ? 1 : 0), 'int64', []),
       // The memory log's gradual commit is per thread (everything logged so far on it): only the
       // thread is passed, as building the transaction object would read ~17 words a frame from
@@ -80,7 +79,7 @@ const _wireModule = (function () {
       wire_js_note: callback(note, 'void', []),
     };
     for (const n of ['socket', 'connect', 'send', 'recv', 'poll', 'close', 'getpid', 'sched_yield',
-      'getsockopt', 'getsockname', 'getpeername', '__errno_location']) symbols[n] = sym(n);
+      'getsockopt', 'getsockname', 'getpeername', '__errno_location', 'clock_gettime']) symbols[n] = sym(n);
     cm = new CModule(CSOURCE['wire.c'], symbols);
     // 'exclusive': the JS lock stays held during these calls, so no other thread's JavaScript runs
     // in between (wire.c never calls JavaScript while it holds its queue lock).
@@ -212,6 +211,7 @@ const _wireModule = (function () {
         mem.wire.add(W.memlog).writeU64(Sead.plugins.some(p => p.name === 'memlog') ? 1 : 0);
         reconnect();
         if (!connected()) lastAttempt = 0;
+        setInterval(() => c.timer(), SWEEP_MS);
       }
       installHooks();
     },

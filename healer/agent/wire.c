@@ -7,7 +7,7 @@
  * Why C: every JavaScript entry costs Frida two gettid() syscalls and every memory read from JS
  * another one or two; the JS hooks this replaces rebuilt the transaction chain at each socket I/O
  * (~1100 gettid a request under COSAK in Apache, ~800 us of its CPU).  JavaScript (10_wire.js) now
- * runs only for: pairing (HELLO) and reconnecting, arming the 2 ms flush timer, the memory log's
+ * runs only for: pairing (HELLO) and reconnecting, the 50 ms sweep of lines left queued, the memory log's
  * gradual commit, logging, aborts (already in JS) and status.  Rules for that split:
  *   - The queue lock is never held while calling into JavaScript (JS holds its own lock while it
  *     calls in here: the two locks are only ever taken in the order JS -> queue).
@@ -26,6 +26,7 @@ extern long recv (int fd, void * buf, unsigned long n, int flags);
 extern int poll (void * fds, unsigned long nfds, int timeout);
 extern int close (int fd);
 extern int getpid (void);
+extern int clock_gettime (int clock, void * ts);
 extern int sched_yield (void);
 extern int getsockopt (int fd, int level, int name, void * value, unsigned int * len);
 extern int getsockname (int fd, void * addr, unsigned int * len);
@@ -55,6 +56,7 @@ extern int * __errno_location (void);
 #define OUT_CAP 65536      /* send buffer: a flush sends in pieces of at most this */
 #define TEXT_CAP 16384     /* ABORT/UNGUARD/RELEASE lines handed in by JavaScript */
 #define SEND_TIMEOUT_MS 1000
+#define FLUSH_US 2000      /* lines older than this go out with the next one queued */
 
 /* Sock.state */
 #define S_UNKNOWN 0
@@ -83,7 +85,7 @@ typedef struct {
 typedef struct {
   guint64 lock;            /* the owner's thread key, 0 when free */
   gint64 fd;               /* control connection, -1 when there is none */
-  guint64 pid, cgen, control, memlog, armed, gen, n, text_len, n_tcp, next_cid;
+  guint64 pid, cgen, control, memlog, first_us, gen, n, text_len, n_tcp, next_cid;
   guint64 fd_end;          /* above the highest fd ever seen as a TCP socket */
   /* counters (10_wire.js stats(): same order) */
   guint64 lines, flushes, bytes, lost_lines, errs, gradual, send_failures, announced, commits,
@@ -115,7 +117,6 @@ extern Wire wire;
 extern Sock socks[MAX_FD];
 extern Stack stacks[MAX_THREADS];
 /* 10_wire.js */
-extern void wire_js_arm (void);           /* flush within 2 ms (setTimeout) */
 extern gint64 wire_js_reconnect (void);   /* pair again (fork, lost connection): 1 if connected */
 extern void wire_js_gradual (void);       /* the memory log's gradual commit for this thread */
 extern void wire_js_note (void);          /* log wire.lost_why / wire.errline */
@@ -162,6 +163,14 @@ unlock (void)
 {
   __asm__ __volatile__ ("" : : : "memory");
   wire.lock = 0;
+}
+
+static guint64
+now_us (void)
+{
+  struct { gint64 s, ns; } ts;
+  clock_gettime (1 /* CLOCK_MONOTONIC: vDSO, no syscall */, &ts);
+  return (guint64) ts.s * 1000000 + (guint64) ts.ns / 1000;
 }
 
 /* The calling thread's stack, found by open addressing on its control block (%fs:0, as txn.c). */
@@ -612,12 +621,12 @@ wire_flush (void)
   after_unlock ();
 }
 
-/* The 2 ms timer (10_wire.js) fired. */
+/* The sweep (10_wire.js, every 50 ms on Frida's thread): lines that no later line pushed out. */
 void
 wire_timer (void)
 {
-  wire.armed = 0;
-  wire_flush ();
+  if (wire.n > 0)
+    wire_flush ();
 }
 
 /* Pairing done (10_wire.js sent HELLO and got OK on fd): announce every known socket on the new
@@ -658,16 +667,25 @@ wire_publish (gint64 fd)
 
 /* --- the queue (lock held) ------------------------------------------------------------------- */
 
-/* A free entry; a full queue is flushed first (or, unconnected, counted as lost). */
+/*
+ * A free entry.  Lines already queued go out first when the queue is full (unconnected: counted as
+ * lost) or when the first of them waited FLUSH_US.  Otherwise lines wait for the next urgent one
+ * (a root COMMIT, ABORT, GRADUAL, RELEASE, CLOSE), a later line once they are 2 ms old, or the
+ * 50 ms sweep: no timer is armed per batch (that woke Frida's JS thread twice a request), and
+ * under GUARD nothing waits on them (every release is urgent).
+ */
 static Entry *
 push (guint64 type)
 {
   Entry * e;
-  if (wire.n >= MAX_ENTRIES && flush_locked ())
+  if (wire.n > 0 && (wire.n >= MAX_ENTRIES || now_us () - wire.first_us >= FLUSH_US) &&
+      flush_locked () && wire.n >= MAX_ENTRIES)
   {
     wire.lost_lines += wire.n;
     clear_queue ();
   }
+  if (wire.n == 0)
+    wire.first_us = now_us ();
   e = &wire.q[wire.n++];
   e->type = type;
   e->dir = 0;
@@ -747,16 +765,6 @@ take_out (Rec * r, guint64 cid)
     }
   }
   return 0;
-}
-
-/* A queued non-urgent line: make sure the 2 ms timer runs (JavaScript, after unlocking). */
-static int
-wants_timer (void)
-{
-  if (wire.armed)
-    return 0;
-  wire.armed = 1;
-  return 1;
 }
 
 /* --- socket I/O hooks ------------------------------------------------------------------------- */
@@ -857,7 +865,7 @@ account (Sock * s, guint64 dir, guint64 n)
 {
   Stack * t = stack_of (1);
   guint64 start, end;
-  int urgent = 0, arm = 0;
+  int urgent = 0;
   if (!lock ())
     return;
   start = s->off[dir];
@@ -902,13 +910,10 @@ account (Sock * s, guint64 dir, guint64 n)
     }
     if (dir == 0)
       note_out (inner, s->cid);
-    arm = wants_timer ();
   }
   unlock ();
   if (urgent)
     wire_flush ();
-  else if (arm)
-    wire_js_arm ();
 }
 
 void
@@ -1010,7 +1015,7 @@ wire_commit (const guint64 * frame, guint64 tid)
   Stack * s = stack_of (0);
   guint64 id = frame[0];
   Rec * r;
-  int urgent = 0, arm = 0;
+  int urgent = 0;
   if (s == NULL || s->n == 0)
     return;
   while (s->n > 0 && s->r[s->n - 1].id > id)
@@ -1061,14 +1066,11 @@ wire_commit (const guint64 * frame, guint64 tid)
     else
     {
       push (E_COMMIT)->a = id;
-      arm = wants_timer ();
-    }
+      }
   }
   unlock ();
   if (urgent)
     wire_flush ();
-  else if (arm)
-    wire_js_arm ();
 }
 
 /* The calling thread's transaction `id` (and any open child) aborted (onTxAbort, on its thread):

@@ -221,11 +221,11 @@ def _pct(part: int, whole: int) -> str:
 
 def correctness(label: str, start: Callable[[dict[str, Any]], AgentTarget],
                 requests: Sequence[str], functions: Sequence[str], modes: dict[str, Any],
-                classes: dict[str, list[str]], max_nth: int) -> dict[str, Any]:
+                classes: dict[str, list[str]], max_nth: int, fresh: bool) -> dict[str, Any]:
     """Level 1 and level 3 per mode, per function class and per function, through the real
     agent's injection (``run_trials``)."""
     t0 = time.monotonic()
-    trials = run_trials(start, requests, functions, modes, max_nth=max_nth)
+    trials = run_trials(start, requests, functions, modes, max_nth=max_nth, fresh=fresh)
     elapsed = time.monotonic() - t0
     per_mode = {m: _counts([t for t in trials if t.mode == m]) for m in modes}
     per_function = {fn: {m: _counts([t for t in trials if t.mode == m and t.function == fn])
@@ -265,7 +265,8 @@ def correctness(label: str, start: Callable[[dict[str, Any]], AgentTarget],
                for m in shown]
         values = sorted({t.value for t in trials if t.function == fn and t.mode == shown[0]})
         print(f"    {fn:28} {' | '.join(row)}   SEV chose {', '.join(values)}")
-    return {"max_nth": max_nth, "requests": len(requests), "seconds": elapsed,
+    return {"max_nth": max_nth, "fresh_server_per_trial": fresh, "requests": len(requests),
+            "seconds": elapsed,
             "per_mode": per_mode, "per_class": per_class, "classes": classes,
             "per_function": per_function,
             "ratio_sev_context_over": ratios,
@@ -331,7 +332,7 @@ def main(argv: list[str]) -> int:
         modes |= {"fixed 0": agent_tables(profile, fixed=0),
                   "fixed -1 (= vanilla EV by type)": agent_tables(profile, fixed=-1)}
         kv = correctness("kv_server", _start, EVAL_REQUESTS, KV_FUNCTIONS, modes, KV_CLASSES,
-                         args.max_nth)
+                         args.max_nth, fresh=False)  # the sequence starts with RESET
         others = {st: kv["per_mode"][f"SEV {st}"]["level3"] for st in STRATEGIES
                   if st != "context"}
         best_other = max(others, key=lambda st: others[st])
@@ -353,7 +354,7 @@ def main(argv: list[str]) -> int:
                  "vanilla EV by type (int -1, ptr 0)": agent_tables(trained, fixed=vanilla)}
         results["apache_correctness"] = correctness(
             "apache2 -X", _start_apache, APACHE_EVAL, APACHE_FUNCTIONS, modes,
-            apache_classes(trained), args.apache_nth)
+            apache_classes(trained), args.apache_nth, fresh=True)
     print(f"\ntotal {time.monotonic() - t0:.0f} s")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -8,9 +8,10 @@ request sets, and a server whose ``exchange`` answers like ``targets.kv_server.K
     httpd.exchange(EVAL_REQUESTS)        # ["200 <body digest>", "404 ...", ...]; None if dead/hung
     httpd.stop()
 
-Each request goes on its own connection (HTTP/1.0, the server closes it); a reply is the status
-code and a digest of the body, the externally visible behaviour the SEV paper's level 3 compares
-(headers carry the date and are left out).
+Requests share a keep-alive connection while the server keeps it open (a heal that breaks a
+connection shows in the replies after it); a reply is the status code and a digest of the body,
+the externally visible behaviour the SEV paper's level 3 compares (headers carry the date and are
+left out).
 """
 
 from __future__ import annotations
@@ -67,27 +68,99 @@ BAD_REQUESTS = ("GET /manual/nothere.html HTTP/1.0", "GET /manual/../../etc/pass
                 "BREW /manual/ HTTP/1.0", "GET manual HTTP/1.0", "POST /manual/ HTTP/1.0")
 """Malformed or refused requests: 404, 400, 403, 405, 501 answers (SEV's "failure dynamics")."""
 
-EVAL_REQUESTS = ("GET /manual/ HTTP/1.0", "GET /manual/nothere.html HTTP/1.0",
-                 "GET /manual/en/mod/ HTTP/1.0", "GET /manual/%zz HTTP/1.0", "GARBAGE",
-                 "GET /manual/images/ HTTP/1.0")
-"""The replayed sequence: normal pages and bad requests interleaved, none with a query string
-(training requests carry one, so no evaluated request is a training request)."""
+EVAL_REQUESTS = ("GET /manual/ HTTP/1.1", "GET /manual/nothere.html HTTP/1.1",
+                 "GET /manual/en/mod/ HTTP/1.1", "GET /manual/%zz HTTP/1.1",
+                 "GET /manual/images/ HTTP/1.1", "GARBAGE", "GET /manual/ HTTP/1.1")
+"""The replayed sequence: normal pages and bad requests interleaved on keep-alive connections
+(Apache closes one after a 400), none with a query string (training requests carry one, so no
+evaluated request is a training request)."""
 
 
 def training_requests(rounds: int) -> list[str]:
-    """Every manual page and bad request ``rounds`` times, each with its own query string."""
+    """Every manual page and bad request ``rounds`` times, each with its own query string;
+    HTTP/1.1 (keep-alive) and HTTP/1.0 alternate by round."""
     out = []
     for r in range(rounds):
-        out += [f"GET {p}?r={r} HTTP/1.0" for p in MANUAL_PATHS]
+        out += [f"GET {p}?r={r} HTTP/1.{1 - r % 2}" for p in MANUAL_PATHS]
         out += list(BAD_REQUESTS)
     return out
 
 
-def _reply(raw: bytes) -> str:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0].split(b" ")
-    code = status[1].decode(errors="replace") if len(status) > 1 else "?"
-    return f"{code} {len(body)} {hashlib.sha1(body).hexdigest()[:12]}"
+class _Closed(Exception):
+    """The server closed the connection before the first byte of a reply."""
+
+
+class _Reader:
+    """Replies read off one connection: status line, headers, a body delimited by
+    Content-Length, chunked encoding or the end of the connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _more(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        self.buf += chunk
+        return bool(chunk)
+
+    def _take(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            if not self._more():
+                return None
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes | None:
+        while b"\r\n" not in self.buf:
+            if not self._more():
+                return None
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def reply(self) -> tuple[str, bool]:
+        """(``"<status> <body length> <body digest>"``, whether the connection stays open).
+
+        Error handling: _Closed when nothing arrived; socket.timeout propagates."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._more():
+                if not self.buf:
+                    raise _Closed
+                return f"cut {len(self.buf)} {_digest(self.buf)}", False
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = lines[0].split(b" ")
+        code = status[1].decode(errors="replace") if len(status) > 1 else "?"
+        headers = {k.strip().lower(): v.strip().lower()
+                   for k, _, v in (ln.partition(b":") for ln in lines[1:])}
+        keep = headers.get(b"connection") != b"close"
+        body: bytes | None
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while (size := self._line()) is not None and (n := int(size.split(b";")[0], 16)):
+                part = self._take(n + 2)
+                if part is None:
+                    break
+                body += part[:-2]
+            else:
+                if size is not None and self._line() is not None:  # the trailer's empty line
+                    return f"{code} {len(body)} {_digest(body)}", keep
+            return f"{code} cut {len(body)} {_digest(body)}", False
+        if b"content-length" in headers:
+            body = self._take(int(headers[b"content-length"]))
+            if body is None:
+                return f"{code} cut {len(self.buf)} {_digest(self.buf)}", False
+            return f"{code} {len(body)} {_digest(body)}", keep
+        while self._more():
+            pass
+        body, self.buf = self.buf, b""
+        return f"{code} {len(body)} {_digest(body)}", False
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha1(body).hexdigest()[:12]
 
 
 class HttpdServer:
@@ -107,34 +180,48 @@ class HttpdServer:
     def pid(self) -> int:
         return self.httpd.pid
 
-    def exchange(self, requests: Sequence[str], timeout: float = 5.0,
+    def exchange(self, requests: Sequence[str], timeout: float = 3.0,
                  pause: tuple[int, Callable[[], None]] | None = None) -> list[str] | None:
-        """Send each request (a request line) on its own connection, in order.
+        """Send the requests (request lines) in order, as a browser would: on one connection
+        while the server keeps it open, on a new one after it closed it (a request that finds a
+        reused connection closed is sent once more on a fresh one).
 
         Args:
             pause: ``(k, fn)``: call ``fn()`` once the first ``k`` requests are answered.
 
         Returns:
             ``"<status> <body length> <body digest>"`` per request (``"closed"`` when the server
-            closed the connection without a reply), or None as soon as a connection is refused
-            or a reply does not end within ``timeout`` (the server died or hangs).
+            closed a fresh connection without a reply, ``cut`` in it when a reply broke off), or
+            None as soon as a connection is refused or a reply does not come within ``timeout``
+            (the server died or hangs).
         """
         out = []
-        for i, line in enumerate(requests):
-            if pause is not None and i == pause[0]:
-                pause[1]()
-            raw = b""
-            try:
-                with socket.create_connection((self.httpd.host, self.httpd.port),
-                                              timeout=timeout) as c:
-                    c.sendall(line.encode() + b"\r\nHost: localhost\r\n\r\n")
-                    while chunk := c.recv(65536):
-                        raw += chunk
-            except ConnectionResetError:
-                pass  # closed with the request unread: whatever arrived is the reply
-            except OSError:
-                return None
-            out.append(_reply(raw) if raw else "closed")
+        reader: _Reader | None = None
+        try:
+            for i, line in enumerate(requests):
+                if pause is not None and i == pause[0]:
+                    pause[1]()
+                for _attempt in range(2):
+                    fresh = reader is None
+                    if reader is None:
+                        reader = _Reader(socket.create_connection(
+                            (self.httpd.host, self.httpd.port), timeout=timeout))
+                    try:
+                        reader.sock.sendall(line.encode() + b"\r\nHost: localhost\r\n\r\n")
+                        reply, keep = reader.reply()
+                    except (_Closed, BrokenPipeError, ConnectionResetError):
+                        reply, keep = "closed", False
+                    if not keep:
+                        reader.sock.close()
+                        reader = None
+                    if reply != "closed" or fresh:
+                        break
+                out.append(reply)
+        except OSError:  # refused, or a timeout: dead or hanging
+            return None
+        finally:
+            if reader is not None:
+                reader.sock.close()
         return out
 
     def stop(self) -> None:

@@ -61,7 +61,7 @@ class Trial:
 
 def run_trials(start: Callable[[dict[str, Any]], Target], requests: Sequence[str],
                functions: Sequence[str], modes: dict[str, dict[str, Any]], *,
-               max_nth: int = 8) -> list[Trial]:
+               max_nth: int = 8, fresh: bool = False) -> list[Trial]:
     """Fail each function once in each of the first ``max_nth`` requests calling it, per mode.
 
     Args:
@@ -70,6 +70,9 @@ def run_trials(start: Callable[[dict[str, Any]], Target], requests: Sequence[str
         requests: the request sequence (it should reset the server's state first).
         functions: functions to fail (supervised by the agent).
         modes: label -> ``config.profile`` (``agent_tables(...)``, with ``fixed`` for vanilla EV).
+        fresh: a new target for every trial (a heal may leave damage that a request sequence
+            cannot reset, e.g. Apache's pools and connection state); else only after a trial
+            that killed or hung it.
 
     Returns:
         Every trial whose injection fired.
@@ -92,7 +95,7 @@ def run_trials(start: Callable[[dict[str, Any]], Target], requests: Sequence[str
                 where = [i for i, c in enumerate(calls) if c.get(fn, 0) > 0][:max_nth]
                 for nth, k in enumerate(where, 1):
                     trial, target = _trial(functools.partial(start, profile), target, requests,
-                                           baseline, fn, nth, k, label)
+                                           baseline, fn, nth, k, label, fresh)
                     if trial is not None:
                         trials.append(trial)
         return trials
@@ -113,7 +116,7 @@ def _calls_per_request(target: Target, requests: Sequence[str]) -> list[dict[str
 
 
 def _trial(start: Callable[[], Target], target: Target, requests: Sequence[str],
-           baseline: list[str], fn: str, nth: int, k: int, label: str
+           baseline: list[str], fn: str, nth: int, k: int, label: str, fresh: bool
            ) -> tuple[Trial | None, Target]:
     s = target.session
     injects, heals = len(s.of_type("inject")), len(s.of_type("heal"))
@@ -131,7 +134,7 @@ def _trial(start: Callable[[], Target], target: Target, requests: Sequence[str],
             replies[k + 1:] == baseline[k + 1:]
         trial = Trial(fn, nth, label, ev["value"], ev["why"], k, alive, after, replies == baseline,
                       len(s.of_type("heal")) - heals)
-    if not alive or replies is None or not fired:  # dead, hung, or the injection still armed
+    if fresh or not alive or replies is None or not fired:  # or hung, or injection still armed
         target.stop()
         target = start()
     return trial, target
@@ -175,5 +178,7 @@ class AgentTarget:
         return self.server.exchange(requests, pause=pause)
 
     def stop(self) -> None:
-        self.session.close()
+        # the server first: a clean detach from a live server can wait for a thread to leave the
+        # agent (up to UNLOAD_WAIT, every trial); from a dead one it returns at once
         self.server.stop()
+        self.session.close()

@@ -52,7 +52,7 @@ def test_sev_keeps_apache_replies_where_fixed_values_change_them(httpd):
     vanilla = {fn: -1 if ty == "int" else 0 for fn, ty in RETURN_TYPES.items()}
     modes = {"sev": agent_tables(trained), "fixed 0": agent_tables(trained, fixed=0),
              "vanilla": agent_tables(trained, fixed=vanilla)}
-    trials = run_trials(_start, EVAL_REQUESTS, functions, modes, max_nth=1)
+    trials = run_trials(_start, EVAL_REQUESTS, functions, modes, max_nth=1, fresh=True)
     got = {(t.function, t.mode): t for t in trials}
     assert set(got) == {(fn, m) for fn in functions for m in modes}  # every injection fired
     assert all(t.alive and t.same_after for t in trials)  # later requests: independent of it

@@ -121,8 +121,8 @@ class FastRelay:
         """Call ``on_readable()`` from the relay loop while ``sock`` is readable (level-triggered:
         it should read once and return; it must not raise). ``unwatch`` before closing ``sock``."""
         fd = sock.fileno()
-        self._watched[fd] = on_readable
         self._epoll.register(fd, _IN)
+        self._watched[fd] = on_readable
         self._flags[fd] = _IN
         self._woken.set()
 

@@ -19,6 +19,7 @@ to ``bench/results/proxy.json``.
 
     python -m bench proxy
     python -m bench.proxy --rounds 5 --seconds 5
+    python -m bench.proxy --rounds 3 --out /tmp/proxy-bench   # leave bench/results alone
     python -m bench.proxy --rounds 1 --configs vproxy-guarded --profile   # where the time goes
 
 Where the time went (py-spy, utime/stime of the proxy; 2 shared cores, so CPU per request is the
@@ -361,16 +362,17 @@ def event_latency(samples: int = 2000) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _profiled(name: str, pid: int | None, seconds: int, enabled: bool) -> Iterator[None]:
-    """With ``enabled``: py-spy samples the gateway process while the body runs; its hottest
-    lines (own time, idle waits left out) are printed and the raw samples kept in bench/results."""
+def _profiled(name: str, pid: int | None, seconds: int, out_dir: Path | None
+              ) -> Iterator[None]:
+    """With ``out_dir``: py-spy samples the gateway process while the body runs; its hottest
+    lines (own time, idle waits left out) are printed and the raw samples kept in ``out_dir``."""
     venv_bin = str(Path(sys.executable).parent)
     spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=venv_bin)
-    if not enabled or pid is None or not name.startswith("vproxy") or spy_bin is None:
+    if out_dir is None or pid is None or not name.startswith("vproxy") or spy_bin is None:
         yield
         return
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"proxy-profile-{name}.txt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"proxy-profile-{name}.txt"
     spy = subprocess.Popen([spy_bin, "record", "-p", str(pid), "-d", str(seconds), "-r", "250",
                             "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -401,7 +403,8 @@ def _print_profile(path: Path, top: int = 12) -> None:
 
 
 def run(rounds: int, seconds: int, configs: list[str],
-        profile: bool = False) -> dict[str, list[dict[str, float]]]:
+        profile: Path | None = None) -> dict[str, list[dict[str, float]]]:
+    """Alternating rounds of ``configs``; ``profile``: where py-spy's samples go (first round)."""
     results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
     workdir = Path(tempfile.mkdtemp(prefix="sead-bench-proxy-"))
     try:
@@ -412,7 +415,7 @@ def run(rounds: int, seconds: int, configs: list[str],
                     with _target(name, workdir, lengths) as (port, pid):
                         _wrk(port, 1)  # warm-up: connections, caches
                         cpu0 = _cpu(pid)
-                        with _profiled(name, pid, seconds, profile and r == 0):
+                        with _profiled(name, pid, seconds, profile if r == 0 else None):
                             res = _wrk(port, seconds)
                         res["cpu_us_per_req"] = (_cpu(pid) - cpu0) * 1e6 / max(1, res["requests"])
                     results[name].append(res)
@@ -451,7 +454,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--profile", action="store_true",
                         help="sample each gateway with py-spy during its first round and print "
-                             "its hottest lines (raw samples: bench/results/proxy-profile-*.txt)")
+                             "its hottest lines (raw samples: OUT/proxy-profile-*.txt)")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results directory (default bench/results): proxy.json goes there")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated subset of {', '.join(CONFIGS)}")
     args = parser.parse_args(argv)
@@ -465,14 +470,16 @@ def main(argv: list[str]) -> int:
             return 1
     print(f"wrk -t1 -c8 keep-alive GET {PATH}, {args.rounds} rounds x {args.seconds} s, "
           f"alternating {', '.join(configs)}")
-    med: dict[str, Any] = summarize(run(args.rounds, args.seconds, configs, args.profile))
+    med: dict[str, Any] = summarize(run(args.rounds, args.seconds, configs,
+                                        args.out if args.profile else None))
     print_table(med)
     latency = event_latency()
     print(f"\nevent to release (COMMIT written -> client has the bytes): p50 "
           f"{latency['p50_us']:.0f} us, p99 {latency['p99_us']:.0f} us (target: well under 100 us)")
     med["event_to_release"] = latency
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "proxy.json").write_text(json.dumps(med, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "proxy.json").write_text(json.dumps(med, indent=2) + "\n")
+    print(f"wrote {args.out / 'proxy.json'}")
     return 0
 
 

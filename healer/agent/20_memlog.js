@@ -28,6 +28,7 @@ const _memlogModule = (function () {
   let logBytes = 4 * 1024 * 1024;
   const threads = new Map();   // threadId -> {threadId, log, buf}
   let refollows = 0;
+  const fridaPatches = { memset: 0, disassembleAt: 0 }; // fastFridaMemset, reuseCapstone
   // memlog.c's [lo, hi) pairs of Frida's executable mappings, ending with lo == 0
   const fridaCode = Memory.alloc((2 * MAX_FRIDA_RANGES + 1) * 8);
   let resumeStub = null;       // code a healed thread resumes at: re-enters Stalker (makeResumeStub)
@@ -101,8 +102,9 @@ const _memlogModule = (function () {
     0xc3,                   // ret
   ];
   // gum_x86_reader_disassemble_instruction_at: cs_open(X86, 64), cs_option(DETAIL, ON),
-  // cs_disasm(h, address, 16, address, 1, &insn), cs_close. Replaced (Interceptor, undone when
-  // the script unloads) by memlog_disassemble_at, which keeps a followed thread's handle.
+  // cs_disasm(h, address, 16, address, 1, &insn), cs_close. Replaced (Interceptor; reverted at a
+  // clean detach, else by the unload) by memlog_disassemble_at, which keeps a followed thread's
+  // handle (never closed: one ~30 KiB handle a followed thread).
   const DISASSEMBLE_AT = '55 31 c0 53 48 89 fb 48 83 ec 18 48 89 e5 48 89 44 24 08 e8 ?? ?? ?? ?? ' +
     '48 89 ea be 08 00 00 00 bf 03 00 00 00 e8 ?? ?? ?? ?? 48 8b 3c 24 ba 03 00 00 00 ' +
     'be 02 00 00 00 e8 ?? ?? ?? ?? 48 8b 3c 24 48 89 d9 48 89 de 4c 8d 4c 24 08 ' +
@@ -121,12 +123,27 @@ const _memlogModule = (function () {
   function fastFridaMemset() {
     for (const at of scanFridaCode(SLOW_MEMSET)) {
       Memory.patchCode(at, FAST_MEMSET.length, code => code.writeByteArray(FAST_MEMSET));
+      fridaPatches.memset++;
     }
+  }
+
+  let disassembleAt = null;     // Frida's function that reuseCapstone replaced
+
+  // Clean detach (the core's onDetach): Frida's own function back while memlog.c surely exists;
+  // the unload would revert it too, but the CModule may be freed first.
+  function detach() {
+    if (disassembleAt === null) return;
+    Interceptor.revert(disassembleAt);
+    Interceptor.flush();
+    disassembleAt = null;
   }
 
   function reuseCapstone() {
     const found = scanFridaCode(DISASSEMBLE_AT);
-    if (found.length === 1) Interceptor.replace(found[0], cm.memlog_disassemble_at);
+    if (found.length !== 1) return;
+    Interceptor.replace(found[0], cm.memlog_disassemble_at);
+    disassembleAt = found[0];
+    fridaPatches.disassembleAt++;
   }
 
   function stackLow(sp) {
@@ -272,7 +289,8 @@ const _memlogModule = (function () {
   function stats() {
     const counters = ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored',
       'unsupported', 'blocks'];
-    const out = { threads: threads.size, refollows, rollback: config.rollback !== false };
+    const out = { threads: threads.size, refollows, rollback: config.rollback !== false,
+      fridaPatches };
     for (const k of counters) out[k] = 0;
     for (const st of threads.values()) {
       for (const k of counters) {
@@ -292,7 +310,7 @@ const _memlogModule = (function () {
     return { begin: cm.memlog_begin, commit: cm.memlog_commit };
   }
 
-  return { configure, enableThread, rollback, gradual, beforeResume, stats, nativeHooks };
+  return { detach, configure, enableThread, rollback, gradual, beforeResume, stats, nativeHooks };
 })();
 
 Sead.memlog = _memlogModule;
@@ -306,4 +324,5 @@ Sead.use({
   onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
   beforeResume(tx, context) { _memlogModule.beforeResume(tx, context); },
   status() { return { memlog: _memlogModule.stats() }; },
+  onDetach() { _memlogModule.detach(); },
 });

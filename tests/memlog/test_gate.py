@@ -40,6 +40,8 @@ def test_frida_internals_patched(memlog_target):
     script = target.load(harness_source())
     script.exports_sync.init({}, ["update_account"], "never")
     target.command("call 0")
-    assert script.exports_sync.status()["memlog"]["fridaPatches"] == {"memset": 1,
-                                                                      "disassembleAt": 1}
+    patches = script.exports_sync.status()["memlog"]["fridaPatches"]
+    assert patches == {"memset": 1, "disassembleAt": 1}, (
+        f"{patches}: Frida's code changed (upgrade?): find the two functions again "
+        "(docs/memlog-and-wire.md, 20_memlog.js SLOW_MEMSET / DISASSEMBLE_AT)")
     assert target.alive()

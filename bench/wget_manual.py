@@ -10,7 +10,7 @@ alternately (A B C ... A B C ...) so that drift on the shared machine hits them 
   (pass-through);
 - ``vproxy-none|cosak|all``: a second, identical gateway with ``healer attach --coverage X``
   paired (the healer's detach sends UNGUARD: the gateway is back to pass-through in between);
-- ``vproxy-request``: the same with ``--coverage list:`` ``ap_process_async_request``: each
+- ``vproxy-request``: the same with ``--coverage list:`` ``ap_process_request``: each
   request is one transaction whose output the gateway holds until it commits;
   ``vproxy-request-nolog`` the same without the memory log (``--disable-plugin memlog``), to see
   what the log costs; ``vproxy-cosak-nolog`` likewise for COSAK.
@@ -58,7 +58,7 @@ CONFIGS = ("native", "haproxy-tcp", "vproxy-pass", "vproxy-none", "vproxy-reques
            "vproxy-request-nolog", "vproxy-cosak", "vproxy-cosak-nolog", "vproxy-all")
 GUARDED = ("vproxy-none", "vproxy-request", "vproxy-request-nolog", "vproxy-cosak",
            "vproxy-cosak-nolog", "vproxy-all")
-REQUEST_FUNCTION = "ap_process_async_request"  # the event MPM's per-request entry point (-X)
+REQUEST_FUNCTION = "ap_process_request"  # the per-request entry point of Apache -X (prefork)
 PORTS = {"haproxy-tcp": 8081, "vproxy-pass": 8082, "vproxy-guarded": 8083}
 VPROXY_FLAGS = ("--protocol", "http", "--control-user", "www-data")
 APACHE_PORT = 8080

@@ -6,7 +6,10 @@
         httpd.pid            # -X: the one process that serves; prefork: the parent
         httpd.worker_pids()  # prefork children (empty with -X)
 
-``workers=0`` runs ``apache2 -X`` (one process serves every request, the paper's Table 1 setup);
+``workers=0`` runs ``apache2 -X`` with the prefork MPM: one process and one thread serve every
+request, the paper's Table 1 setup ("single-threaded mode, to force all requests to be serviced
+sequentially by the same thread"; the event MPM's ``-X`` would still spread requests over its 25
+worker threads, each of which the memory log's Stalker then translates Apache for again);
 ``workers=N`` runs the prefork MPM with exactly N children (the realistic setup;
 ``healer attach --follow-children`` covers them). The online manual of apache2-doc is served at
 ``/manual/``. Apache as root switches to ``User www-data`` even with ``-X``.
@@ -43,13 +46,12 @@ def render_config(root: Path, *, listen: str, workers: int, keepalive_requests: 
     Args:
         root: the server's private directory (pid file, logs, runtime dir).
         listen: ``addr:port`` to listen on.
-        workers: 0 for ``-X`` (the event MPM, one process), N for prefork with exactly N children.
+        workers: 0 for ``-X`` (one process, one thread), N for exactly N prefork children.
         keepalive_requests: Apache's MaxKeepAliveRequests (default 100, as in the paper).
     """
-    mpm = "prefork" if workers else "event"
-    modules = ["authz_core", "mime", "dir", "alias", "autoindex", "negotiation", "setenvif"]
-    loads = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so"
-                      for m in [f"mpm_{mpm}", *modules])
+    modules = ["mpm_prefork", "authz_core", "mime", "dir", "alias", "autoindex", "negotiation",
+               "setenvif"]
+    loads = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so" for m in modules)
     pool = (f"StartServers {workers}\nMinSpareServers {workers}\nMaxSpareServers {workers}\n"
             f"ServerLimit {workers}\nMaxRequestWorkers {workers}\nMaxConnectionsPerChild 0\n"
             if workers else "")

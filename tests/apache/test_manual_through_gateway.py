@@ -22,10 +22,10 @@ import netns
 from demo.stack import REPO, have, healer_attached
 from targets import apache
 
-# The event MPM (-X) hands every request to this function: supervising it makes each request one
+# Apache -X (prefork, one thread) serves every request through this function: supervising it makes each request one
 # transaction. (COSAK supervises hundreds of functions per request: a crawl takes minutes, see
 # bench/wget_manual.py, too long for this suite.)
-SUPERVISED = "ap_process_async_request"
+SUPERVISED = "ap_process_request"
 
 
 @pytest.fixture

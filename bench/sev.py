@@ -53,6 +53,11 @@ from targets.apache_sev import LIBRARY_CALLS, HttpdServer
 from targets.apache_sev import RETURN_TYPES as APACHE_TYPES
 from targets.apache_sev import training_requests as apache_training
 from targets.kv_server import EVAL_REQUESTS, FUNCTIONS, KvServer, training_requests
+from targets.maild import EVAL_REQUESTS as MAILD_EVAL
+from targets.maild import FUNCTIONS as MAILD_FUNCTIONS
+from targets.maild import RETURN_TYPES as MAILD_TYPES
+from targets.maild import MaildServer
+from targets.maild import training_requests as maild_training
 
 KV_FUNCTIONS = list(FUNCTIONS)
 RESULTS = Path(__file__).resolve().parent / "results" / "sev.json"
@@ -67,24 +72,40 @@ KV_CLASSES = {
 }
 
 
+MAILD_CLASSES = {
+    "side effect (recipient list, body, delivery, reply, handlers)": [
+        "handle_line", "add_recipient", "body_add", "deliver", "send_code", "cmd_helo",
+        "cmd_mail", "cmd_rcpt", "cmd_data", "data_line", "cmd_stat"],
+    "computes a value (verb, state, flag, length, mailbox, count)": [
+        "parse_verb", "next_state", "valid_name", "parse_address", "find_mailbox",
+        "mailbox_count"],
+}
+
+
 def _start(profile: dict[str, Any]) -> AgentTarget:
     return AgentTarget(KvServer.start(), KV_FUNCTIONS, profile)
+
+
+def _start_maild(profile: dict[str, Any]) -> AgentTarget:
+    return AgentTarget(MaildServer.start(), MAILD_FUNCTIONS, profile)
 
 
 def _start_apache(profile: dict[str, Any]) -> AgentTarget:
     return AgentTarget(HttpdServer.start(), APACHE_FUNCTIONS, profile)
 
 
-def train(runs: Sequence[int], n: int) -> Profile:
-    """One recorded kv_server run per seed, merged."""
+def train(runs: Sequence[int], n: int, server_class: type[KvServer] = KvServer,
+          functions: Sequence[str] = KV_FUNCTIONS, ret_bits: int = 32,
+          requests: Callable[[int, int], list[str]] = training_requests) -> Profile:
+    """One recorded run of the line server per seed, merged."""
     profile: Profile | None = None
     for seed in runs:
-        server = KvServer.start()
-        session = ProfileSession(window=WIDTH, functions=KV_FUNCTIONS, ret_bits=32)
+        server = server_class.start()
+        session = ProfileSession(window=WIDTH, functions=functions, ret_bits=ret_bits)
         try:
             session.attach(server.pid)
             for i in range(0, n, 200):
-                server.exchange(training_requests(200, seed * 1000 + i))
+                server.exchange(requests(200, seed * 1000 + i))
             got = session.profile()
         finally:
             session.close()
@@ -302,6 +323,7 @@ def main(argv: list[str]) -> int:
                         help="Apache requests failed per function")
     parser.add_argument("--no-apache", action="store_true")
     parser.add_argument("--no-kv", action="store_true")
+    parser.add_argument("--no-maild", action="store_true")
     args = parser.parse_args(argv)
 
     t0 = time.monotonic()
@@ -343,6 +365,24 @@ def main(argv: list[str]) -> int:
         for label, r in rates.items():
             print(f"  {label:22} {r:9.0f} req/s   {r / rates['native']:.2f} x native")
         results["throughput_req_s"] = rates
+
+    if not args.no_maild:
+        t1 = time.monotonic()
+        mail = train([1, 2, 3], args.train, MaildServer, MAILD_FUNCTIONS, 64,
+                     maild_training)
+        held_out = train([4], args.train // 2, MaildServer, MAILD_FUNCTIONS, 64, maild_training)
+        print(f"\nmaild (our own legacy-style daemon) trained on 3 runs: "
+              f"{sum(fp.calls for fp in mail.functions.values())} calls "
+              f"({time.monotonic() - t1:.0f} s); prediction accuracy from the window: " +
+              ", ".join(f"width {w}: {accuracy(mail, held_out, w)[0]:.1%}" for w in (1, WIDTH)))
+        vanilla = {fn: -1 if ty == "int" else 0 for fn, ty in MAILD_TYPES.items()}
+        modes = {"SEV context": agent_tables(mail, strategy="context"),
+                 f"SEV {best_other}": agent_tables(mail, strategy=best_other),
+                 "fixed 0": agent_tables(mail, fixed=0), "fixed -1": agent_tables(mail, fixed=-1),
+                 "vanilla EV by type (int -1, ptr 0)": agent_tables(mail, fixed=vanilla)}
+        results["maild_correctness"] = correctness(
+            "maild (our own target)", _start_maild, MAILD_EVAL, MAILD_FUNCTIONS, modes,
+            MAILD_CLASSES, args.max_nth, fresh=False)  # the session starts with XRESET
 
     if not args.no_apache:
         trained, results["apache_profile"] = apache_profile(args.apache_rounds)

@@ -57,7 +57,10 @@ def training_requests(n: int, seed: int) -> list[str]:
 
 
 class KvServer:
-    """A started kv_server process; ``stop()`` kills it (also safe after it died)."""
+    """A started kv_server process; ``stop()`` kills it (also safe after it died). A subclass
+    with another ``NAME`` runs another line-protocol target the same way (targets/maild.py)."""
+
+    NAME = "kv_server"
 
     def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
         self.proc = proc
@@ -65,8 +68,8 @@ class KvServer:
 
     @classmethod
     def start(cls, opt: str = "-O2") -> KvServer:
-        """Build (cached) and start kv_server on an ephemeral loopback port."""
-        exe = build("kv_server", opt=opt)
+        """Build (cached) and start the target on an ephemeral loopback port."""
+        exe = build(cls.NAME, opt=opt)
         proc = subprocess.Popen([str(exe), "0"], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
@@ -75,7 +78,7 @@ class KvServer:
         except (ValueError, IndexError):
             proc.kill()
             proc.wait()
-            raise RuntimeError(f"kv_server did not start (printed {line!r})") from None
+            raise RuntimeError(f"{cls.NAME} did not start (printed {line!r})") from None
         return cls(proc, port)
 
     @property

@@ -104,15 +104,29 @@ def run_trials(start: Callable[[dict[str, Any]], Target], requests: Sequence[str
 
 
 def _calls_per_request(target: Target, requests: Sequence[str]) -> list[dict[str, int]]:
-    """Calls per function in each request (sent one by one, without injection)."""
-    out = []
-    prev = target.session.status()["profile"]["perFunction"]
-    for i in range(len(requests)):
-        target.exchange(requests[i:i + 1])
-        now = target.session.status()["profile"]["perFunction"]
-        out.append({f: n - prev.get(f, 0) for f, n in now.items()})
-        prev = now
-    return out
+    """Calls per function in each request, without injection. The whole sequence is replayed
+    once per request (paused after it to read the agent's counters): a request alone would lose
+    what the earlier ones set up (maild's MAIL needs the session's HELO)."""
+
+    def counts() -> dict[str, int]:
+        got: dict[str, int] = target.session.status()["profile"]["perFunction"]
+        return got
+
+    prefix: list[dict[str, int]] = []  # calls made by the first k requests, k = 0 .. n
+    for k in range(len(requests)):
+        before = counts()
+        at_k: dict[str, int] = {}
+        target.exchange(requests, pause=(k, functools.partial(_read_into, at_k, counts)))
+        after = counts()
+        prefix.append({f: n - before.get(f, 0) for f, n in at_k.items()})
+        if k == len(requests) - 1:
+            prefix.append({f: n - before.get(f, 0) for f, n in after.items()})
+    return [{f: n - prefix[i].get(f, 0) for f, n in prefix[i + 1].items()}
+            for i in range(len(requests))]
+
+
+def _read_into(into: dict[str, int], read: Callable[[], dict[str, int]]) -> None:
+    into.update(read())
 
 
 def _trial(start: Callable[[], Target], target: Target, requests: Sequence[str],

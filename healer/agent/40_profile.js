@@ -67,6 +67,14 @@
     return x.toString();
   }
 
+  // A value as the tables hold it: an address (|v| >= 2^32) is 0, the way agent_tables() turns
+  // the training process's addresses into NULL (healer/profile/_tables.py)
+  const ADDRESS = 1n << 32n;
+  function portable(v) {
+    const x = BigInt(v);
+    return x >= ADDRESS || x <= -ADDRESS ? '0' : v;
+  }
+
   // Hot path: recording sends raw register values (the host sign-extends them); the call tree is
   // kept only when a profile is loaded (value choice, anomaly detection).
   function onCall(fn, tid, args) {
@@ -117,7 +125,7 @@
     if (stats.taintDepth > 0) {
       stats.taintedReturns++;
       const t = table(fn.name);
-      const value = signed(retval);
+      const value = portable(signed(retval));
       if (t !== null && t.values.indexOf(value) < 0) {
         stats.offProfileReturns++;
         if (p !== undefined) p.off.push(`${fn.name} returned ${value}, never seen in training`);
@@ -245,7 +253,7 @@
     stats.heals++;
     stats.taintDepth++;
     const t = table(tx.fn.name);
-    const value = signed(choice.value);
+    const value = portable(signed(choice.value));
     const expect = t === null ? [] : (t.succ[value] || []);
     const prev = post.get(tx.threadId);
     if (prev !== undefined) finishPost(tx.threadId, prev);

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from healer.profile import Profile, ProfileSession, agent_tables
+from healer.profile._agent import AgentSession
 from healer.profile._evaluate import AgentTarget, run_trials
 from targets.maild import EVAL_REQUESTS, FUNCTIONS, RETURN_TYPES, MaildServer, training_requests
 
@@ -44,3 +45,25 @@ def test_sev_state_keeps_the_session_where_fixed_values_break_it():
         assert got["find_mailbox", nth, "sev"].value == "0"
         assert got["find_mailbox", nth, "vanilla"].value == "0"
     assert sum(not got["next_state", n, "vanilla"].same for n in (1, 2, 3)) >= 2  # -1: refused
+
+
+def test_post_evaluation_judges_live_addresses_like_the_tables(sessions):
+    # find_mailbox returns a pointer into this process: not "never seen in training" because
+    # training's pointers were other addresses (both count as 0, as in the tables)
+    trained = _train()
+    server = MaildServer.start()
+    try:
+        s = AgentSession(server.pid, FUNCTIONS, agent_tables(trained))
+        sessions.append(s)
+        replies = server.exchange(list(EVAL_REQUESTS[:4]),
+                                  pause=(2, lambda: s.inject("next_state")))
+        assert replies is not None and replies[3] == "250 recipient ok"  # the session went on
+        for _ in range(3):  # a post-evaluation ends after 8 calls: more requests finish it
+            server.exchange(["NOOP"])
+        s.status()
+        posts = s.of_type("profile:post")
+        assert posts and posts[0]["function"] == "next_state"
+        assert not any("find_mailbox returned" in o for p in posts for o in p["offProfile"])
+        assert s.status()["profile"]["taintedReturns"] > 0  # returns after the heal were judged
+    finally:
+        server.stop()

@@ -66,10 +66,11 @@ class Handover:
         error: the OSError for ``error``.
     """
 
-    __slots__ = ("done", "ended", "error", "pending", "reason", "sides", "unsent")
+    __slots__ = ("done", "ended", "error", "left", "pending", "reason", "sides", "unsent")
 
     def __init__(self) -> None:
         self.sides: tuple[_Side, ...] = ()
+        self.left = False  # its sockets are out of the epoll set (``done`` may follow later)
         self.reason = ""
         self.unsent = [b"", b""]
         self.pending = [b"", b""]
@@ -79,9 +80,11 @@ class Handover:
 
 
 class _Side:
-    """One direction of a link: read ``src``, write ``dst``; ``blocked`` bytes wait for ``dst``."""
+    """One direction of a link: read ``src``, write ``dst``; ``blocked`` bytes wait for ``dst``;
+    ``count``: bytes relayed unheld that the link has not counted yet (relay thread only)."""
 
-    __slots__ = ("blocked", "direction", "dst", "dst_fd", "handover", "link", "src", "src_fd")
+    __slots__ = ("blocked", "count", "direction", "dst", "dst_fd", "handover", "link", "src",
+                 "src_fd")
 
     def __init__(self, link: Link, src: socket.socket, dst: socket.socket, direction: int,
                  handover: Handover) -> None:
@@ -89,6 +92,7 @@ class _Side:
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.direction, self.handover = direction, handover
         self.blocked = b""
+        self.count = 0
 
 
 class FastRelay:
@@ -106,16 +110,20 @@ class FastRelay:
     async def relay(self, link: Link, server: socket.socket, peer: socket.socket,
                     handover: Handover) -> None:
         """Relay ``link`` here until it ends or must leave; ``handover`` then says why and how."""
-        sides = handover.sides = (_Side(link, peer, server, INPUT, handover),
-                                  _Side(link, server, peer, OUTPUT, handover))
-        for side in sides:
-            self._readers[side.src_fd] = side
-            self._watch(side.src_fd)
+        self._enter(link, server, peer, handover)
         self._woken.set()
         try:
             await handover.done.wait()
         finally:
             self._finish(handover, "cancelled")
+
+    def _enter(self, link: Link, server: socket.socket, peer: socket.socket,
+               handover: Handover) -> None:
+        sides = handover.sides = (_Side(link, peer, server, INPUT, handover),
+                                  _Side(link, server, peer, OUTPUT, handover))
+        for side in sides:
+            self._readers[side.src_fd] = side
+            self._watch(side.src_fd)
 
     def watch(self, sock: socket.socket, on_readable: Callable[[], None]) -> None:
         """Call ``on_readable()`` from the relay loop while ``sock`` is readable (level-triggered:
@@ -168,14 +176,24 @@ class FastRelay:
         self._flags[fd] = flags
 
     def _finish(self, handover: Handover, reason: str, error: OSError | None = None) -> None:
-        if not handover.done.is_set():
-            handover.reason, handover.error = reason, error
-            handover.done.set()
+        """The link leaves now (a no-op after the first time)."""
+        if self._detach(handover, reason, error):
+            self._conclude(handover)
+
+    def _conclude(self, handover: Handover) -> None:
+        """Tell the link (trio side): output relayed unheld but unsent goes out first; wake it."""
+        if handover.unsent[OUTPUT]:
+            handover.sides[OUTPUT].link.unheld_output(handover.unsent[OUTPUT])
+        handover.done.set()
+
+    def _detach(self, handover: Handover, reason: str, error: OSError | None) -> bool:
+        """Take the link's sockets out of the epoll set and note why; False if it had left."""
+        if handover.left:
+            return False
+        handover.left, handover.reason, handover.error = True, reason, error
         for side in handover.sides:  # now: level-triggered, they would be reported again
             if side.blocked:
                 handover.unsent[side.direction] = side.blocked
-                if side.direction == OUTPUT:
-                    side.link.unheld_output(side.blocked)
                 side.blocked = b""
             for table, fd in ((self._readers, side.src_fd), (self._writers, side.dst_fd)):
                 if table.get(fd) is side:
@@ -184,30 +202,35 @@ class FastRelay:
                 if fd in self._flags and fd not in self._readers and fd not in self._writers:
                     self._epoll.unregister(fd)
                     del self._flags[fd]
+        return True
 
     async def run(self) -> None:
         """Serve ready sockets forever (one task per gateway)."""
-        epoll, readers, writers, buf = self._epoll, self._readers, self._writers, self._buf
-        watched = self._watched
-        view = memoryview(buf)
+        epoll = self._epoll
+        view = memoryview(self._buf)
         while True:
             if not self._flags:
                 await self._woken.wait()
                 self._woken = trio.Event()
                 continue
             await trio.lowlevel.wait_readable(epoll.fileno())
-            for fd, events in epoll.poll(0, _EVENTS):
-                if events & ~_IN:  # writable, or an error/hang-up a pending send will meet
-                    side = writers.get(fd)
-                    if side is not None:
-                        self._unblock(side)
-                if events & ~_OUT:  # readable, or an error/hang-up the receive will meet
-                    side = readers.get(fd)
-                    if side is not None:
-                        if not side.blocked:
-                            self._move(side, buf, view)
-                    elif (on_readable := watched.get(fd)) is not None:
-                        on_readable()
+            self._serve(epoll.poll(0, _EVENTS), view)
+
+    def _serve(self, ready: list[tuple[int, int]], view: memoryview) -> None:
+        """Act on one ``epoll.poll`` result."""
+        readers, writers, watched, buf = self._readers, self._writers, self._watched, self._buf
+        for fd, events in ready:
+            if events & ~_IN:  # writable, or an error/hang-up a pending send will meet
+                side = writers.get(fd)
+                if side is not None:
+                    self._unblock(side)
+            if events & ~_OUT:  # readable, or an error/hang-up the receive will meet
+                side = readers.get(fd)
+                if side is not None:
+                    if not side.blocked:
+                        self._move(side, buf, view)
+                elif (on_readable := watched.get(fd)) is not None:
+                    on_readable()
 
     def close(self) -> None:
         """Release the epoll set (after every link and ``run`` ended)."""
@@ -229,8 +252,21 @@ class FastRelay:
             self._watch(side.src_fd)
         if side.direction == INPUT:  # (output was counted when read: see ``_move``)
             # last: this may make the link leave (its blocked bytes then go to the task path)
-            side.link.passed(False, memoryview(data)[:sent])
+            self._passed(side, memoryview(data)[:sent])
         return True
+
+    # What differs in the relay thread (``vproxy/_threadrelay.py``): how relayed bytes are counted,
+    # whether output is held, and who learns that the server's output ended.
+
+    def _passed(self, side: _Side, chunk: memoryview) -> None:
+        side.link.passed(side.direction == OUTPUT, chunk)
+
+    def _held(self, side: _Side) -> bool:
+        link = side.link
+        return side.direction == OUTPUT and (link.hold is not None or link.gateway.guarded)
+
+    def _output_ended(self, side: _Side) -> None:
+        side.link.output_ended()
 
     def _unblock(self, side: _Side) -> None:
         data, side.blocked = side.blocked, b""
@@ -248,12 +284,12 @@ class FastRelay:
         except OSError as exc:
             self._finish(handover, "error", exc)
             return
-        held = side.direction == OUTPUT and (link.hold is not None or link.gateway.guarded)
+        held = self._held(side)
         if n == 0:
             del self._readers[side.src_fd]
             self._watch(side.src_fd)
             if side.direction == OUTPUT:
-                link.output_ended()
+                self._output_ended(side)
             if not held:  # (held output: the writer passes the EOF on after it)
                 _sockio.shutdown_write(side.dst)
             handover.ended[side.direction] = True
@@ -267,5 +303,5 @@ class FastRelay:
         if side.direction == OUTPUT:
             # counted now, sent or not: a hold that starts while part of it waits for the peer
             # starts after it (these bytes are the server's output offsets before the hold)
-            link.passed(True, view[:n])
+            self._passed(side, view[:n])
         self._send(side, view[:n])

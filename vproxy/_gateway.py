@@ -18,6 +18,7 @@ from vproxy._control import ControlSocketError, open_control, serve_control
 from vproxy._fastrelay import FastRelay
 from vproxy._link import Link
 from vproxy._stats import Stats
+from vproxy._threadrelay import ThreadRelay
 
 if TYPE_CHECKING:
     from vproxy._session import ControlSession, Key
@@ -59,6 +60,8 @@ class Gateway:
         self._waiting: dict[Key, set[ControlSession]] = {}
         self._numbers = itertools.count(1)
         self.fast = FastRelay()
+        self.passthrough = ThreadRelay()  # links that hold nothing, while not guarded
+        self.stats.passed_elsewhere = self.passthrough.passed_so_far
 
     # --- guard ---------------------------------------------------------------------------------
 
@@ -73,6 +76,7 @@ class Gateway:
         if was != self.guarded:
             log.info("guard " + ("on" if self.guarded else "off"), controllers=len(self._guards))
         if self.guarded:
+            self.passthrough.guard_all()
             self.fast.guard_all()
         if was and not self.guarded:
             for link in list(self._links.values()):
@@ -170,6 +174,7 @@ async def serve(config: GatewayConfig, *, reuse_port: bool = False,
         listening = tuple(Address(*s.getsockname()[:2]) for s in socks)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gateway.fast.run)
+            nursery.start_soon(gateway.passthrough.run)
             for route, sock in zip(config.routes, socks, strict=True):
                 nursery.start_soon(gateway._serve_route, route, sock)
             if control is not None:
@@ -181,6 +186,7 @@ async def serve(config: GatewayConfig, *, reuse_port: bool = False,
             task_status.started(Serving(listening, config.control, token, gateway))
     finally:
         gateway.fast.close()
+        gateway.passthrough.close()
         for sock in socks:
             sock.close()
         if control is not None and config.control is not None:

@@ -20,7 +20,7 @@ import trio
 from protocols.control import Endpoint
 from vproxy import _sockio
 from vproxy._config import Route
-from vproxy._fastrelay import INPUT, OUTPUT, Handover
+from vproxy._fastrelay import INPUT, OUTPUT, FastRelay, Handover
 from vproxy._hold import DISCARDED, HELD, INFINITY, RELEASED, InKeep, Mark, OutHold, OutRange
 from vproxy._replace import Replacer
 
@@ -73,6 +73,7 @@ class Link:
         self._nursery: trio.Nursery | None = None
         self._peer: socket.socket | None = None  # where the server's output goes
         self._handover: Handover | None = None  # set while on the fast path
+        self._engine: FastRelay = gateway.fast  # the fast path it is on (or was last)
         self._backlog: list[bytes | Mark] = []  # released by ``kick``, not sent yet
         self._unheld = b""  # output relayed unheld before a hold, not sent yet: goes out first
         self._closing = False  # a policy closed the link: nothing more goes out
@@ -112,9 +113,7 @@ class Link:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer, peer)  # idle until output is held
-                handover = self._handover = Handover()
-                await self.gateway.fast.relay(self, server, peer, handover)
-                self._handover = None
+                handover = await self._fast_path(server, peer)
                 if handover.reason in ("done", "error"):
                     if handover.error is not None:
                         self._reset(handover.error)
@@ -130,6 +129,22 @@ class Link:
             self._reset(group.exceptions[0])
         finally:
             self.gateway.unregister(self)
+
+    async def _fast_path(self, server: socket.socket, peer: socket.socket) -> Handover:
+        """Relay on the pass-through thread while nothing is held, else (or once something must
+        be held, with nothing unsent or ended) on the trio-side fast relay; returns the hand-over
+        of the last one."""
+        gateway = self.gateway
+        thread = gateway.passthrough
+        self._engine = gateway.fast if gateway.guarded or self.hold is not None else thread
+        while True:
+            handover = self._handover = Handover()
+            await self._engine.relay(self, server, peer, handover)
+            self._handover = None
+            if self._engine is not thread or handover.reason not in ("guard", "hold") \
+                    or any(handover.unsent) or any(handover.ended):
+                return handover
+            self._engine = gateway.fast
 
     def _reset(self, exc: BaseException) -> None:
         self.log.info("connection reset", cause=getattr(exc, "strerror", None) or str(exc))
@@ -182,7 +197,7 @@ class Link:
                 self.holding()  # guarded: frame the input from here on, as the output will be
                 if self.replacer.wants_input:
                     self.replacer.input_data(chunk)
-            stats.bytes_passed += n
+            stats.passed_here += n
         _sockio.shutdown_write(server)
 
     def passed(self, output: bool, chunk: memoryview) -> None:
@@ -195,7 +210,13 @@ class Link:
                 self.holding()  # as in ``_input``: frame the input from here on
                 if self.replacer.wants_input:
                     self.replacer.input_data(chunk)
-        self.gateway.stats.bytes_passed += len(chunk)
+        self.gateway.stats.passed_here += len(chunk)
+
+    def relayed_unheld(self, inputs: int, outputs: int) -> None:
+        """The relay thread passed ``inputs`` bytes to the server and ``outputs`` from it (never
+        while a hold or the guard could apply: the input copy ``_delivered`` keeps is not due)."""
+        self.in_offset += inputs
+        self.out_offset += outputs
 
     def held_output(self, chunk: memoryview) -> bool:
         """The fast path read ``chunk`` of server output that must be held: hold it and send what
@@ -302,7 +323,7 @@ class Link:
                     await _sockio.send_all(peer, chunk)
                 finally:
                     lock.release()
-                stats.bytes_passed += n
+                stats.passed_here += n
                 continue
             if hold is None:
                 hold = self.holding()
@@ -319,7 +340,7 @@ class Link:
         """The link's hold, created at the current output offset the first time it is needed."""
         if self.hold is None:
             if self._handover is not None:  # unsent unheld output must go first: task path
-                self.gateway.fast.hold_starts(self._handover)
+                self._engine.hold_starts(self._handover)
             self.hold = OutHold(self.out_offset)
             if self._server_eof:
                 self.hold.end_output()  # (empty: nothing can be missing yet)
@@ -420,7 +441,7 @@ class Link:
             return
         self.replays_left -= 1
         if self._handover is not None:  # the replay and the input share the lock of the
-            self.gateway.fast.evict(self._handover, "replay")  # task path
+            self._engine.evict(self._handover, "replay")  # task path
         data = b"".join(p for p in pieces if p is not None)
         self.log.info("replaying aborted input", reason=reason, bytes=len(data),
                       budget_left=self.replays_left)

@@ -1,0 +1,130 @@
+"""The pass-through relay thread (vproxy/_threadrelay.py): what it relays, how links leave it when
+output must be held, and how its lifecycle and failures reach trio. Real sockets, a real gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+import trio
+
+import vproxy
+from protocols.control import Begin, Commit, Guard, Io, Release
+from vproxy import Address, GatewayConfig, Route
+from vproxy._threadrelay import RelayThreadError, ThreadRelay
+from vproxy.testing import ScriptedController, conn_of
+
+
+def _relay_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "vproxy-relay"]
+
+
+async def _wait_passed(serving: vproxy.Serving, n: int) -> None:
+    """Until the relay thread has relayed ``n`` bytes (bounded poll of its own counter)."""
+    with trio.fail_after(5):
+        while serving.gateway.passthrough.passed < n:
+            await trio.sleep(0.005)
+
+
+async def test_unguarded_links_are_relayed_by_the_thread(start_gateway, upstream, net):
+    serving = await start_gateway()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    await net.send(client, b"ping")
+    assert await net.recv_exactly(server, 4) == b"ping"
+    await net.send(server, b"pong!")
+    assert await net.recv_exactly(client, 5) == b"pong!"
+    await _wait_passed(serving, 9)  # counted by the thread, not by a trio-side relay
+    assert serving.gateway.stats.passed_here == 0
+    assert serving.gateway.stats.bytes_passed == 9
+    server.shutdown(socket.SHUT_WR)  # half-close passes through the thread
+    assert await net.recv_to_eof(client) == b""
+    await net.send(client, b"still open")
+    assert await net.recv_exactly(server, 10) == b"still open"
+
+
+async def test_guard_takes_a_link_out_of_the_thread_with_exact_offsets(start_gateway, upstream,
+                                                                         net):
+    """Bytes relayed by the thread before GUARD count in the link's offsets: a transaction
+    announced after them (offsets from the connection's start) holds exactly its own output until
+    it commits, and input keeps flowing (it is never held)."""
+    serving = await start_gateway()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    for i in range(3):  # several exchanges on the thread first
+        await net.send(client, b"req%d" % i)
+        assert await net.recv_exactly(server, 4) == b"req%d" % i
+        await net.send(server, b"answer %d\n" % i)
+        assert await net.recv_exactly(client, 9) == b"answer %d\n" % i
+    out = 27
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send(Guard(), conn_of(1, server), Begin(1, None), Io(1, 1, "out", out, out + 6))
+    await ctl.sync()
+    await net.send(server, b"SECRET")
+    with trio.fail_after(5):
+        while serving.gateway.stats.bytes_held < 6:
+            await trio.sleep(0.005)
+    await net.assert_silent(client)
+    await net.send(client, b"more")  # input is never held
+    assert await net.recv_exactly(server, 4) == b"more"
+    await ctl.send(Commit(1))
+    assert await net.recv_exactly(client, 6) == b"SECRET"
+    await net.send(server, b"tail")  # guarded, uncovered: held until released, in order
+    await ctl.send(Release(1, out + 6 + 4))
+    assert await net.recv_exactly(client, 4) == b"tail"
+
+
+async def test_a_transaction_on_an_unguarded_link_takes_it_out_of_the_thread(
+        start_gateway, upstream, net):
+    """Events for a link while the gateway is not guarded: its output is held from then on (the
+    link moves to the trio-side relay before any byte is held)."""
+    serving = await start_gateway()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    await net.send(server, b"hello")
+    assert await net.recv_exactly(client, 5) == b"hello"
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send(conn_of(1, server), Begin(1, None), Io(1, 1, "out", 5, 11))
+    await ctl.sync()
+    await net.send(server, b"world!")
+    with trio.fail_after(5):
+        while serving.gateway.stats.bytes_held < 6:
+            await trio.sleep(0.005)
+    await net.assert_silent(client)
+    await ctl.send(Commit(1))
+    assert await net.recv_exactly(client, 6) == b"world!"
+
+
+async def test_stopping_the_gateway_joins_the_thread(upstream, net):
+    before = len(_relay_threads())
+    config = GatewayConfig(routes=(Route(Address("127.0.0.1", 0), upstream.address, "raw"),))
+    async with trio.open_nursery() as nursery:
+        serving: vproxy.Serving = await nursery.start(vproxy.serve, config)
+        client = await net.connect(serving.listening[0])
+        server = await upstream.accept()
+        await net.send(client, b"x")
+        assert await net.recv_exactly(server, 1) == b"x"
+        assert len(_relay_threads()) == before + 1
+        nursery.cancel_scope.cancel()  # with a link still in the thread
+    assert len(_relay_threads()) == before
+    client.close()
+
+
+async def test_a_failing_thread_reaches_trio_as_a_named_error(monkeypatch):
+    """Unit test (a fault injected into the loop): the thread's exception ends ``run``."""
+    relay = ThreadRelay()
+
+    def broken(ready: object, view: object) -> None:
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(relay, "_serve", broken)
+    os.eventfd_write(relay._wakefd, 1)  # the first poll reports something: the loop acts
+    try:
+        with trio.fail_after(5), pytest.raises(RelayThreadError, match="planted"):
+            await relay.run()
+    finally:
+        relay.close()
+    assert not _relay_threads()

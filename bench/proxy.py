@@ -77,6 +77,26 @@ figure to trust, wall ratios move by +-0.1 from run to run):
   - pass-through ~66-80 us against haproxy's ~46-49 (wall time within the noise of haproxy's):
     its kernel share alone (~45 us: the wake-ups, an epoll inside trio's epoll, two send/recv)
     is about haproxy's whole cost; a re-poll before yielding to trio saved nothing measurable.
+- fourth pass, a relay thread outside trio (``vproxy/_threadrelay.py``): the same relay loop in
+  its own OS thread, blocked in ``epoll.poll``; only links that hold nothing while the gateway is
+  not guarded. Trio takes a link out synchronously (a mutex around the thread's work on one poll
+  result) before anything of it is held (GUARD, a transaction naming it, an abort, a replay); it
+  continues on the trio-side relay with exact offsets. Guarded links and control connections
+  stay in trio (not tried in the thread: every control event, hold deadline and writer wake-up
+  would cross the bridge, and the guarded cost is elsewhere: control lines, head scans).
+  - wget crawl, proxy CPU us/request (3-round alternating runs, new and previous code run
+    alternately as whole runs, haproxy in each): previous 84, 74 (haproxy 49, 49) -> thread 56,
+    52, 56 (haproxy 46, 42, 46): 1.51-1.71x -> 1.22-1.24x haproxy. Wall vs haproxy-tcp: previous
+    1.02, 0.96, thread 1.04, 1.04, 1.05 (within the +-0.1 noise of this shared machine);
+  - strace -c of the gateway over a crawl (2857 requests), per request: previous 4.25
+    epoll_wait + 2.19 epoll_ctl (10.8 system calls), thread 2.16 epoll_wait + 0.10 epoll_ctl +
+    0.12 futex (6.8 system calls: + ~2.1 sendto, ~2.1 recvfrom); haproxy 2 + 0;
+  - wrk, previous code added as a configuration of the same alternating run (a loaded machine:
+    haproxy ~36 us): pass-through CPU 46.6 -> 34.6 and 49.1 -> 36.9 us/request (haproxy 35.0,
+    36.7), req/s vs haproxy 0.88 -> 1.00 and 0.90 -> 1.01; guarded unchanged (80.7 -> 83.0);
+  - py-spy of the thread over a crawl: apart from waiting in ``epoll.poll``, ~13% of samples in
+    ``send`` (the kernel's copy), the loop's Python under 2%: what is left against haproxy is
+    kernel work (thread wake-ups, the copies), not Python.
 """
 
 from __future__ import annotations

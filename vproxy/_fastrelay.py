@@ -1,4 +1,9 @@
-"""Pass-through relaying for every unguarded link in one task, on one private epoll set.
+"""Relaying on one private epoll set served by one trio task: links whose output is or may be held,
+the control connections, and the relay loop the pass-through thread (``_threadrelay``) reuses.
+
+Links that hold nothing, while the gateway is not guarded, are relayed by ``ThreadRelay`` (this
+class run in its own OS thread, see ``vproxy/_threadrelay.py``); they come here when output must be
+held. What follows is why this loop looks as it does.
 
 Measured (bench/proxy.py): the kernel time of relaying a small keep-alive request was the same
 for haproxy and for the task-per-direction relay (~19 us), but the relay spent ~14 us of Python per

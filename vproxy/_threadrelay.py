@@ -111,7 +111,11 @@ class ThreadRelay(FastRelay):
         self._take_out(handover, "hold")
 
     def evict(self, handover: Handover, reason: str) -> None:
-        self._take_out(handover, reason)
+        """The link leaves for the task path (``reason``), even if a hold just took it out."""
+        with self._mutex:
+            self._take_out_locked(handover, reason)
+            if handover.reason in ("guard", "hold"):  # taken out by trio, the link not resumed
+                handover.reason = reason  # yet: a replay needs the task path (its input lock)
 
     def passed_so_far(self) -> int:
         """Bytes relayed here so far (read from trio: an int the thread alone writes)."""

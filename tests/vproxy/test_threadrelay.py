@@ -128,3 +128,50 @@ async def test_a_failing_thread_reaches_trio_as_a_named_error(monkeypatch):
     finally:
         relay.close()
     assert not _relay_threads()
+
+
+async def test_guard_while_the_thread_streams_keeps_every_byte_in_order(start_gateway, upstream,
+                                                                        net):
+    """GUARD lands while the thread relays a stream to a client that keeps reading: what the
+    thread relayed before goes out, the rest is held from the exact offset on, and a release 10
+    bytes short of the end lets out exactly the stream minus those 10 bytes, in order."""
+    serving = await start_gateway()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    block = bytes(range(251)) * 64
+    written = 0
+    stop = trio.Event()
+    got = bytearray()
+
+    async def write() -> None:
+        nonlocal written
+        for _ in range(100_000):  # (bounded)
+            if stop.is_set():
+                return
+            await net.send(server, block)
+            written += len(block)
+            await trio.sleep(0)
+
+    async def read(n: int) -> None:
+        with trio.fail_after(10):
+            while len(got) < n:
+                chunk = await client.recv(65536)
+                assert chunk, "the stream ended early"
+                got.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await read(256 * 1024)  # the thread is streaming
+        ctl = await ScriptedController.connect(serving.control)
+        await ctl.send(Guard(), conn_of(1, server))
+        await ctl.sync()
+        held = serving.gateway.stats.bytes_held
+        with trio.fail_after(5):
+            while serving.gateway.stats.bytes_held < held + 64 * 1024:  # the stream goes on
+                await trio.sleep(0.005)
+        stop.set()
+    await ctl.send(Release(1, written - 10))
+    await read(written - 10)
+    expected = (block * (written // len(block)))[:written - 10]
+    assert len(got) == len(expected) and bytes(got) == expected
+    await net.assert_silent(client)

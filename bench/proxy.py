@@ -87,7 +87,9 @@ figure to trust, wall ratios move by +-0.1 from run to run):
   - wget crawl, proxy CPU us/request (3-round alternating runs, new and previous code run
     alternately as whole runs, haproxy in each): previous 84, 74 (haproxy 49, 49) -> thread 56,
     52, 56 (haproxy 46, 42, 46): 1.51-1.71x -> 1.22-1.24x haproxy. Wall vs haproxy-tcp: previous
-    1.02, 0.96, thread 1.04, 1.04, 1.05 (within the +-0.1 noise of this shared machine);
+    1.02, 0.96, thread 1.04, 1.04, 1.05 (within the +-0.1 noise of this shared machine); one
+    more pair of 5-round runs: previous 74 us (1.51x haproxy), wall 1.02x; thread 63 us (1.21x),
+    wall 1.02x: on the crawl the relay's wall share was already haproxy's, its CPU was not;
   - strace -c of the gateway over a crawl (2857 requests), per request: previous 4.25
     epoll_wait + 2.19 epoll_ctl (10.8 system calls), thread 2.16 epoll_wait + 0.10 epoll_ctl +
     0.12 futex (6.8 system calls: + ~2.1 sendto, ~2.1 recvfrom); haproxy 2 + 0;

@@ -14,11 +14,14 @@
  *              writes "ANSWERED " and faults if the answer contains "crash" (returns -1 if it
  *              contains "refuse"), else writes the answer line. g_stage is set to 1 before the read
  *              and 2 after it.
+ *   WAIT NAME  the same, but waits in poll() for the answer before reading it (as APR does after
+ *              a short read): the question must be released before the poll, not at the read.
  *   STATE      outside any supervised function: "STATE stage=S served=N\n".
  *   LAST       outside any supervised function: "LAST NS\n", the CLOCK_MONOTONIC time at which
  *              the last successful handle_request had written its reply and was returning
  *              (bench/commit_latency.py: from there to the client's receipt).
  */
+#include <poll.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -54,7 +57,7 @@ handle_request (int fd, const char *name)
 }
 
 __attribute__((noinline)) int
-handle_exchange (int fd, const char *name)
+handle_exchange (int fd, const char *name, int poll_first)
 {
   char line[256];
   char answer[256];
@@ -62,6 +65,12 @@ handle_exchange (int fd, const char *name)
 
   g_stage = 1;
   write (fd, line, n);
+  if (poll_first)
+  {
+    struct pollfd p = { fd, POLLIN, 0 };
+    if (poll (&p, 1, 10000) != 1)
+      return -2;
+  }
   n = 0;
   while (n < (int) sizeof answer - 1)
   {
@@ -94,7 +103,9 @@ serve_connection (int fd)
     if (strncmp (line, "GET ", 4) == 0)
       handle_request (fd, line + 4);
     else if (strncmp (line, "ASK ", 4) == 0)
-      handle_exchange (fd, line + 4);
+      handle_exchange (fd, line + 4, 0);
+    else if (strncmp (line, "WAIT ", 5) == 0)
+      handle_exchange (fd, line + 5, 1);
     else if (strncmp (line, "STATE", 5) == 0)
     {
       snprintf (out, sizeof out, "STATE stage=%d served=%d\n", g_stage, g_served);

@@ -174,6 +174,9 @@ const _wireModule = (function () {
     }
     for (const name of OUTPUT) Interceptor.attach(libc.getExportByName(name), listener, ptr(IO_OUT));
     Interceptor.attach(libc.getExportByName('close'), { onEnter: cm.wire_close_enter });
+    // a wait for input is a read about to block (wire_poll_enter); data: 1 for ppoll's timespec
+    Interceptor.attach(libc.getExportByName('poll'), { onEnter: cm.wire_poll_enter }, ptr(0));
+    Interceptor.attach(libc.getExportByName('ppoll'), { onEnter: cm.wire_poll_enter }, ptr(1));
   }
 
   // --- the protocol's messages ----------------------------------------------------------------

@@ -981,6 +981,43 @@ wire_close_enter (GumInvocationContext * ic)
     wire_flush ();
 }
 
+/*
+ * poll/ppoll that may block, waiting for input on a socket an open transaction wrote to: the same
+ * deadlock as a read (the peer waits for the held output before it sends), so the same GRADUAL.
+ * APR waits in poll() before its read after a short read (APR_INCOMPLETE_READ): Apache -X with a
+ * connection-long transaction (coverage ALL/COSAK) held each keep-alive response's tail until the
+ * 5 s keep-alive timeout.  A poll that cannot block (timeout 0) changes nothing.
+ */
+void
+wire_poll_enter (GumInvocationContext * ic)
+{
+  gsize is_ppoll = GUM_IC_GET_FUNC_DATA (ic, gsize);
+  const struct pollfd_ * fds = gum_invocation_context_get_nth_argument (ic, 0);
+  guint64 nfds = (guint64) gum_invocation_context_get_nth_argument (ic, 1);
+  gpointer timeout = gum_invocation_context_get_nth_argument (ic, 2);
+  const Stack * t;
+  guint64 i;
+  if (!wire.control)
+    return;
+  t = stack_of (0);
+  if (t == NULL || t->ann == 0 || fds == NULL)
+    return;
+  if (is_ppoll ? (timeout != NULL && ((const gint64 *) timeout)[0] == 0 &&
+                  ((const gint64 *) timeout)[1] == 0)
+               : (int) (gsize) timeout == 0)
+    return;
+  for (i = 0; i < nfds; i++)
+  {
+    Sock * s;
+    if (!(fds[i].events & POLLIN) || fds[i].fd < 0 || fds[i].fd >= MAX_FD ||
+        socks[fds[i].fd].state == S_IGNORED)
+      continue;
+    s = sock_of (fds[i].fd);
+    if (s != NULL)
+      before_input (s);
+  }
+}
+
 /* --- transactions: the core's native hooks and the JS abort ----------------------------------- */
 
 /* Every supervised call (Sead.txn.addNativeHooks): `frame` starts with id, fn, sp (txn.c). */

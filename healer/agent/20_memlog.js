@@ -15,12 +15,18 @@
 // time (memlog_js_enable) and to roll back. docs/memlog-and-wire.md has the details and the limits.
 
 const _memlogModule = (function () {
+  // glibc routines that write no memory but their own stack frame and call no application code:
+  // a rollback never needs their stores, so they run natively (excludeReadOnly). Never add one
+  // that writes memory (memcpy, strcpy...) or calls back (qsort, bsearch).
+  const READ_ONLY = ['strlen', 'strnlen', 'strcmp', 'strncmp', 'strcasecmp', 'strncasecmp',
+    'memcmp', 'bcmp', 'memchr', 'memrchr', 'rawmemchr', 'strchr', 'strchrnul', 'strrchr',
+    'strstr', 'strspn', 'strcspn', 'strpbrk'];
   const MAX_MARKERS = 64;            // memlog.c
   const MAX_THREADS = 256;
-  const LOG_STRUCT = 19 * 8 + MAX_MARKERS * 32; // struct _MemLog
+  const LOG_STRUCT = 21 * 8 + MAX_MARKERS * 32; // struct _MemLog
   const F = { buf: 0, cap: 8, len: 16, on: 24, skipLo: 32, skipHi: 40, fsBase: 48, logged: 56,
     loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96, key: 104,
-    refollow: 112, unsupported: 120, blocks: 128, capstone: 136, n: 144 };
+    refollow: 112, unsupported: 120, blocks: 128, capstone: 136, blocksExcluded: 144, nativeCalls: 152, n: 160 };
   const MAX_FRIDA_RANGES = 16;
 
   let cm = null;
@@ -31,6 +37,9 @@ const _memlogModule = (function () {
   const fridaPatches = { memset: 0, disassembleAt: 0 }; // fastFridaMemset, reuseCapstone
   // memlog.c's [lo, hi) pairs of Frida's executable mappings, ending with lo == 0
   const fridaCode = Memory.alloc((2 * MAX_FRIDA_RANGES + 1) * 8);
+  // memlog.c's [lo, hi) pairs of the read-only routines run natively (excludeReadOnly)
+  const readOnlyCode = Memory.alloc((2 * READ_ONLY.length + 1) * 8);
+  const readOnly = [];         // {name, base, size} of each routine excluded
   let resumeStub = null;       // code a healed thread resumes at: re-enters Stalker (makeResumeStub)
   let reenter = null;          // its NativeCallback
   let enableCallback = null;   // memlog_js_enable: memlog_begin on a thread not followed (yet)
@@ -47,7 +56,7 @@ const _memlogModule = (function () {
       memlog_process_vm_readv: libc.getExportByName('process_vm_readv'),
       memlog_getpid: libc.getExportByName('getpid'),
       logs, memlog_ret_pages: retPages, memlog_js_enable: enableCallback,
-      memlog_frida_code: fridaCode,
+      memlog_frida_code: fridaCode, memlog_read_only_code: readOnlyCode,
     });
     const opts = { exceptions: 'propagate' };
     cm._abort = new NativeFunction(cm.memlog_abort, 'int64', ['pointer', 'uint64', 'int', 'pointer'],
@@ -56,6 +65,7 @@ const _memlogModule = (function () {
     cm._register = new NativeFunction(cm.memlog_register, 'int', ['pointer'], opts);
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
     excludeFrida();
+    if (config.memlog === undefined || config.memlog.excludeReadOnly !== false) excludeReadOnly(libc);
     fastFridaMemset();
     reuseCapstone();
     makeResumeStub();
@@ -78,6 +88,63 @@ const _memlogModule = (function () {
       fridaCode.add(16 * n + 8).writePointer(hi);
       n++;
     }
+  }
+
+  // Read-only routines run natively: a function that stores only into its own frame (dead when it
+  // returns) cannot change what a rollback restores, and following it costs Stalker a block
+  // transition per loop exit and a return lookup a call. Their exports are IFUNCs; Frida resolves
+  // them to the implementation this CPU runs (__strlen_evex...), the one the GOT of every module
+  // points to. Its extent is its FDE in libc's .eh_frame_hdr (glibc's assembly has CFI for every
+  // entry); a routine whose FDE is not found as expected stays followed (only speed differs).
+  // Stalker honours the exclusion when a followed call reaches the routine through a PLT stub's
+  // jmp (tests/memlog/test_read_only_excluded.py); memlog_transform counts blocks translated in
+  // these ranges (blocksExcluded, expected 0).
+  function excludeReadOnly(libc) {
+    const hdr = ehFrameHdr(libc);
+    let n = 0;
+    for (const name of READ_ONLY) {
+      const at = libc.findExportByName(name);
+      const range = at === null || hdr === null ? null : fdeRange(hdr, at);
+      if (range === null || !range.base.equals(at)) continue;
+      Stalker.exclude(range);
+      readOnlyCode.add(16 * n).writePointer(range.base);
+      readOnlyCode.add(16 * n + 8).writePointer(range.base.add(range.size));
+      readOnly.push({ name, offset: '0x' + at.sub(libc.base).toString(16), size: range.size });
+      n++;
+    }
+  }
+
+  // The PT_GNU_EH_FRAME segment of a loaded ELF module, or null.
+  function ehFrameHdr(m) {
+    const phoff = m.base.add(0x20).readU64().toNumber();
+    const count = m.base.add(0x38).readU16();
+    for (let i = 0; i < count; i++) {
+      const ph = m.base.add(phoff + 56 * i);
+      if (ph.readU32() === 0x6474e550) return m.base.add(ph.add(16).readU64().toNumber());
+    }
+    return null;
+  }
+
+  // {base, size} of the FDE whose code starts at `at`, from .eh_frame_hdr's sorted table; null
+  // unless the encodings are the usual ones (table: datarel sdata4; FDE: pcrel sdata4 start
+  // followed by a 4-byte length, checked against the table's start).
+  function fdeRange(hdr, at) {
+    if (hdr.readU8() !== 1 || hdr.add(1).readU8() !== 0x1b || hdr.add(2).readU8() !== 0x03
+        || hdr.add(3).readU8() !== 0x3b) return null;
+    const count = hdr.add(8).readU32();
+    if (count === 0) return null;
+    const table = hdr.add(12);
+    const start = i => hdr.add(table.add(8 * i).readS32());
+    let lo = 0;
+    let hi = count - 1;
+    while (lo < hi) {                      // the last entry starting at or below `at`
+      const mid = (lo + hi + 1) >> 1;
+      if (start(mid).compare(at) <= 0) lo = mid; else hi = mid - 1;
+    }
+    if (!start(lo).equals(at)) return null;
+    const fde = hdr.add(table.add(8 * lo + 4).readS32());
+    if (!fde.add(8).add(fde.add(8).readS32()).equals(at)) return null;
+    return { base: at, size: fde.add(12).readU32() };
   }
 
   // Stalker links every branch of a thread's translated code to its target once (backpatching),
@@ -288,9 +355,9 @@ const _memlogModule = (function () {
 
   function stats() {
     const counters = ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored',
-      'unsupported', 'blocks'];
+      'unsupported', 'blocks', 'blocksExcluded', 'nativeCalls'];
     const out = { threads: threads.size, refollows, rollback: config.rollback !== false,
-      fridaPatches };
+      fridaPatches, readOnly };
     for (const k of counters) out[k] = 0;
     for (const st of threads.values()) {
       for (const k of counters) {

@@ -51,6 +51,8 @@ struct _MemLog {
   guint64 unsupported;  /* stores the log cannot address (gs:, vector-indexed scatter) */
   guint64 blocks;       /* blocks translated for this thread (Stalker's code cache is per thread) */
   guint64 capstone;     /* the thread's Capstone handle for memlog_disassemble_at (0: not yet) */
+  guint64 blocks_excluded; /* blocks translated in a read-only routine meant to run natively: 0 */
+  guint64 native_calls; /* call sites translated as native calls of a read-only routine */
   guint64 n;            /* open transactions (markers) */
   Marker markers[MAX_MARKERS];
 };
@@ -420,6 +422,7 @@ memlog_check_ret (guint64 target)
  * Frida's own code (memlog_frida_code, [lo, hi) pairs ending with lo == 0) is left alone.
  */
 extern guint64 memlog_frida_code[];
+extern guint64 memlog_read_only_code[];
 
 enum { REG_RSP = 8 };
 
@@ -663,15 +666,53 @@ put_gated_call (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint6
   *(gint32 *) (done + 1) = (gint32) (cw->code - (done + 5));
 }
 
+/* Whether address lies in one of ranges' [lo, hi) pairs (ending with lo == 0). */
 static gboolean
-in_frida_code (guint64 address)
+in_ranges (const guint64 * ranges, guint64 address)
 {
   guint i;
 
-  for (i = 0; memlog_frida_code[i] != 0; i += 2)
-    if (address >= memlog_frida_code[i] && address < memlog_frida_code[i + 1])
+  for (i = 0; ranges[i] != 0; i += 2)
+    if (address >= ranges[i] && address < ranges[i + 1])
       return TRUE;
   return FALSE;
+}
+
+/*
+ * The read-only routine (memlog_read_only_code) a `call` reaches through a PLT stub
+ * (`[endbr64] [bnd] jmp [rip+slot]`) or directly through a GOT slot (`call [rip+slot]`, -fno-plt),
+ * or 0.  Stalker runs an excluded range natively only when a call targets it directly: reached
+ * through a stub's jmp it translated the routine anyway (measured: every block of it).  The slot
+ * is read when the call is translated; a lazily bound one not resolved yet keeps the call
+ * followed.
+ */
+static guint64
+read_only_callee (const cs_insn * insn)
+{
+  const cs_x86 * x86 = &insn->detail->x86;
+  const cs_x86_op * op = &x86->operands[0];
+  guint64 slot, target;
+
+  if (insn->id != X86_INS_CALL || x86->op_count != 1)
+    return 0;
+  if (op->type == X86_OP_IMM)
+  {
+    const guint8 * stub = (const guint8 *) op->imm;
+    if (stub[0] == 0xf3 && stub[1] == 0x0f && stub[2] == 0x1e && stub[3] == 0xfa)
+      stub += 4;
+    if (stub[0] == 0xf2)
+      stub++;
+    if (stub[0] != 0xff || stub[1] != 0x25)
+      return 0;
+    slot = GUM_ADDRESS (stub + 6) + (gint64) *(const gint32 *) (stub + 2);
+  }
+  else if (op->type == X86_OP_MEM && op->mem.base == X86_REG_RIP
+           && op->mem.index == X86_REG_INVALID && op->mem.segment == X86_REG_INVALID)
+    slot = insn->address + insn->size + op->mem.disp;
+  else
+    return 0;
+  target = *(const guint64 *) slot;
+  return in_ranges (memlog_read_only_code, target) ? target : 0;
 }
 
 void
@@ -680,21 +721,35 @@ memlog_transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpoi
   MemLog * log = user_data;
   GumX86Writer * cw = output->writer.x86;
   const cs_insn * insn;
+  gboolean first = TRUE;
+  guint64 callee;
+  StorePacked desc;
+  gint64 disp;
 
   log->blocks++;
   while (gum_stalker_iterator_next (iterator, &insn))
   {
-    if (!in_frida_code (insn->address))
+    if (first && in_ranges (memlog_read_only_code, insn->address))
+      log->blocks_excluded++;
+    first = FALSE;
+    if (in_ranges (memlog_frida_code, insn->address))
     {
-      StorePacked desc;
-      gint64 disp;
-
-      desc.u = 0;
-      if (describe (insn, log, &desc.d, &disp))
-        put_gated_call (cw, log, &desc, disp);
-      else if (insn->id == X86_INS_RET)
-        put_gated_call (cw, log, NULL, 0);
+      gum_stalker_iterator_keep (iterator);
+      continue;
     }
+    callee = read_only_callee (insn);
+    if (callee != 0)
+    {
+      /* Natively, from the code cache: the routine returns here, still followed. */
+      gum_x86_writer_put_call_address (cw, callee);
+      log->native_calls++;
+      continue;
+    }
+    desc.u = 0;
+    if (describe (insn, log, &desc.d, &disp))
+      put_gated_call (cw, log, &desc, disp);
+    else if (insn->id == X86_INS_RET)
+      put_gated_call (cw, log, NULL, 0);
     gum_stalker_iterator_keep (iterator);
   }
 }

@@ -16,11 +16,15 @@
 
 const _memlogModule = (function () {
   // glibc routines that write no memory but their own stack frame and call no application code:
-  // a rollback never needs their stores, so they run natively (excludeReadOnly). Never add one
-  // that writes memory (memcpy, strcpy...) or calls back (qsort, bsearch).
+  // a rollback never needs their stores, so they run natively (excludeReadOnly). The string and
+  // memory scans, then accessors that only read (ctype tables, errno's address, thread identity
+  // and keys: ~290 call sites in Apache and libapr). Never add one that writes memory (memcpy,
+  // strcpy, strtol's endptr, a mutex...) or calls back (qsort, bsearch).
   const READ_ONLY = ['strlen', 'strnlen', 'strcmp', 'strncmp', 'strcasecmp', 'strncasecmp',
     'memcmp', 'bcmp', 'memchr', 'memrchr', 'rawmemchr', 'strchr', 'strchrnul', 'strrchr',
-    'strstr', 'strspn', 'strcspn', 'strpbrk'];
+    'strstr', 'strspn', 'strcspn', 'strpbrk', '__ctype_b_loc', '__ctype_tolower_loc',
+    '__ctype_toupper_loc', 'tolower', 'toupper', '__errno_location', 'pthread_self',
+    'pthread_getspecific'];
   const MAX_MARKERS = 64;            // memlog.c
   const MAX_THREADS = 256;
   const LOG_STRUCT = 21 * 8 + MAX_MARKERS * 32; // struct _MemLog

@@ -4,7 +4,8 @@
  * log runs natively (Stalker.exclude, 20_memlog.js): every store before, between and after them
  * must still be logged, so a rollback restores all of it.  Driven by stdin lines:
  *
- *   call        run parse_line() on the request line, then print the state line
+ *   call F      run parse_line() on the request line (F=1: strchr faults on a NULL line, inside
+ *               glibc, after the first stores), then print the state line
  *   state       print the state line
  *   quit
  *
@@ -12,6 +13,7 @@
  */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -46,7 +48,7 @@ fnv (const void *p, size_t n)
 
 /* The supervised function: each store is separated from the next by a read-only library call. */
 __attribute__((noinline)) int
-parse_line (long *caller_frame, const char *line)
+parse_line (long *caller_frame, const char *line, const char *probe)
 {
   const char *p;
 
@@ -56,7 +58,7 @@ parse_line (long *caller_frame, const char *line)
   g_parsed.method_get = strcmp (line, g_get) > 0;
   p = memchr (line, ' ', (size_t) g_parsed.len);
   g_parsed.space_at = p != NULL ? p - line : -1;
-  p = strchr (line, '/');
+  p = strchr (probe, '/');
   g_parsed.slash_at = p != NULL ? p - line : -1;
   p = strstr (line, "HTTP/");
   g_parsed.version_at = p != NULL ? p - line : -1;
@@ -89,7 +91,7 @@ serve (void)
   {
     if (strncmp (line, "call", 4) == 0)
     {
-      ret = parse_line ((long *) frame, g_line);
+      ret = parse_line ((long *) frame, g_line, atoi (line + 4) == 1 ? NULL : g_line);
       print_state ((const long *) frame, 6, ret);
     }
     else if (strncmp (line, "state", 5) == 0)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pytest
 
+from healer._agent_source import agent_source
+
 from .conftest import harness_source
 
 CALLED = {"strlen", "strcmp", "memchr", "strchr", "strstr", "strncasecmp", "strspn"}
@@ -21,9 +23,9 @@ CALLED = {"strlen", "strcmp", "memchr", "strchr", "strstr", "strncasecmp", "strs
 def run_calls(target, exclude: bool, calls: int = 3) -> tuple[str, list[str], dict]:
     script = target.load(harness_source())
     target.resume()
-    warm = target.command("call")
+    warm = target.command("call 0")
     script.exports_sync.init({"memlog": {"excludeReadOnly": exclude}}, ["parse_line"], "always")
-    after = [target.command("call") for _ in range(calls)]
+    after = [target.command("call 0") for _ in range(calls)]
     return warm, after, script.exports_sync.status()["memlog"]
 
 
@@ -46,3 +48,21 @@ def test_following_them_translates_more_blocks(memlog_target):
     assert followed["readOnly"] == []
     assert followed["logged"] == excluded["logged"]  # the same stores, after native calls too
     assert followed["blocks"] > excluded["blocks"], (followed["blocks"], excluded["blocks"])
+
+
+@pytest.mark.parametrize("opt", ["-O0", "-O2"])
+def test_a_fault_inside_a_native_routine_is_healed_with_full_rollback(memlog_target, opt):
+    """The real agent: strchr(NULL) faults inside glibc, run natively from the code cache, after
+    parse_line's first stores; the heal must undo them and return -1 to the caller."""
+    target = memlog_target(opt, "attach", name="memlog_strings")
+    warm = target.command("call 0")
+    script = target.load(agent_source())
+    script.exports_sync.init({"coverage": {"mode": "list", "functions": ["parse_line"]}})
+    healed = [target.command("call 1") for _ in range(2)]
+    status = script.exports_sync.status()
+    assert status["txn"]["heals"] == 2, status
+    assert status["memlog"]["nativeCalls"] > 0 and status["memlog"]["blocksExcluded"] == 0
+    for line in healed:
+        assert line == warm.replace("ret=1", "ret=-1")
+    assert target.command("call 0").endswith("ret=1")  # a healthy call after the heals commits
+    assert target.alive()

@@ -100,9 +100,10 @@ const _memlogModule = (function () {
   // them to the implementation this CPU runs (__strlen_evex...), the one the GOT of every module
   // points to. Its extent is its FDE in libc's .eh_frame_hdr (glibc's assembly has CFI for every
   // entry); a routine whose FDE is not found as expected stays followed (only speed differs).
-  // Stalker honours the exclusion when a followed call reaches the routine through a PLT stub's
-  // jmp (tests/memlog/test_read_only_excluded.py); memlog_transform counts blocks translated in
-  // these ranges (blocksExcluded, expected 0).
+  // Stalker.exclude alone covers only a call that targets the routine itself: reached through a
+  // PLT stub's jmp, Stalker translated it anyway. memlog.c's transform (read_only_callee) turns
+  // such calls into native ones from the ranges in readOnlyCode, and counts blocks translated
+  // inside them (blocksExcluded, expected 0; tests/memlog/test_read_only_excluded.py).
   function excludeReadOnly(libc) {
     const hdr = ehFrameHdr(libc);
     let n = 0;

@@ -391,7 +391,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(summary["configs"])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, name in enumerate(names):
         e = summary["configs"][name]
         if e["available"]:
@@ -411,7 +411,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     if heights and max(heights) > 10 * min(heights):
         ax.set_yscale("log")  # guarded runs can be tens of times slower: keep baselines visible
     ax.margins(y=0.2)
-    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel("wget -r /manual/ median seconds")
     ax.set_title(f"Apache manual crawl ({summary['rounds']} alternating rounds)")
     fig.tight_layout()

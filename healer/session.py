@@ -27,7 +27,7 @@ from healer.errors import HealerError, TargetExited
 
 log = structlog.get_logger("healer")
 T = TypeVar("T")
-UNLOAD_WAIT = 2.0  # seconds; see Healer.detach
+UNLOAD_WAIT = 2.0  # seconds; see Healer.detach and open_healer
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,16 +248,33 @@ async def open_healer(config: dict[str, Any], *, pid: int | None = None,
     Error handling:
         HealerError (no such pid, not permitted, agent refused the config), TargetExited.
     """
-    device = frida.get_local_device()
+    if argv is None and pid is None:
+        raise ValueError("open_healer needs pid or argv")
+    # A device manager of our own, closed on the way out (_close_injector): the process-wide one
+    # is never closed, and cannot be reopened once it is.
+    manager = frida.core.DeviceManager()
+    try:
+        device = await _frida(0, lambda: manager.get_device_by_type("local", 0))
+        async with _instrumented(device, config, pid, argv, follow_children) as healer:
+            yield healer
+    finally:
+        with trio.CancelScope(shield=True):
+            await _close_injector(manager)
+
+
+@asynccontextmanager
+async def _instrumented(device: Any, config: dict[str, Any], pid: int | None,
+                        argv: Sequence[str] | None, follow_children: bool
+                        ) -> AsyncIterator[Healer]:
+    """open_healer on a given Frida device: the agent is loaded, and unloaded on exit."""
     send, receive = trio.open_memory_channel[Event](math.inf)
     spawned = False
     if argv is not None:
         target = await _frida(0, lambda: device.spawn(list(argv)))
         spawned = True
-    elif pid is not None:
-        target = pid
     else:
-        raise ValueError("open_healer needs pid or argv")
+        assert pid is not None
+        target = pid
     healer = Healer(device, target, config, follow_children, send, receive)
     if follow_children:
         device.on("child-added",
@@ -281,3 +298,20 @@ async def open_healer(config: dict[str, Any], *, pid: int | None = None,
     finally:
         with trio.CancelScope(shield=True):
             await healer.detach()
+
+async def _close_injector(manager: Any) -> None:
+    """Wait until Frida's injector has cleaned up after every unloaded agent, then release it.
+
+    After an agent unloads, the injector (a thread of this process, the target's ptrace tracer)
+    frees the loader it left in the target by a remote call: it points a target thread at
+    munmap() with 0x320 as the return address, waits for the fault there and restores the
+    thread's registers. A healer that exits in between leaves that thread at 0x320 and the
+    target dies of SIGSEGV (~1 clean detach in 70). ``DeviceManager.close()`` returns only when
+    no agent is still injected. An agent whose unload is pending (a thread inside a hooked call)
+    keeps it waiting; after UNLOAD_WAIT the healer goes anyway, as before: that injector has not
+    started the remote call.
+    """
+    with trio.move_on_after(UNLOAD_WAIT) as waited:
+        await trio.to_thread.run_sync(_quiet(manager.close), abandon_on_cancel=True)
+    if waited.cancelled_caught:
+        log.warning("injector still waiting for an agent to unload", waited=UNLOAD_WAIT)

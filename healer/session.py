@@ -145,6 +145,7 @@ class Healer:
         self.config = config
         self.follow_children = follow_children
         self.processes: dict[int, _Process] = {}
+        self.unload_pending = False  # set by detach: an agent was still loaded when it gave up
         self.events = receive
         self._send = send
         self._token = trio.lowlevel.current_trio_token()
@@ -220,6 +221,7 @@ class Healer:
             with trio.move_on_after(UNLOAD_WAIT) as waited:
                 await trio.to_thread.run_sync(_quiet(p.session.detach), abandon_on_cancel=True)
             log.info("agent detached", pid=p.pid, unload_pending=waited.cancelled_caught)
+            self.unload_pending |= waited.cancelled_caught
         self.processes.clear()
 
 
@@ -253,13 +255,15 @@ async def open_healer(config: dict[str, Any], *, pid: int | None = None,
     # A device manager of our own, closed on the way out (_close_injector): the process-wide one
     # is never closed, and cannot be reopened once it is.
     manager = frida.core.DeviceManager()
+    healer: Healer | None = None
     try:
         device = await _frida(0, lambda: manager.get_device_by_type("local", 0))
         async with _instrumented(device, config, pid, argv, follow_children) as healer:
             yield healer
     finally:
-        with trio.CancelScope(shield=True):
-            await _close_injector(manager)
+        if healer is None or not healer.unload_pending:
+            with trio.CancelScope(shield=True):
+                await _close_injector(manager)
 
 
 @asynccontextmanager
@@ -307,9 +311,10 @@ async def _close_injector(manager: Any) -> None:
     munmap() with 0x320 as the return address, waits for the fault there and restores the
     thread's registers. A healer that exits in between leaves that thread at 0x320 and the
     target dies of SIGSEGV (~1 clean detach in 70). ``DeviceManager.close()`` returns only when
-    no agent is still injected. An agent whose unload is pending (a thread inside a hooked call)
-    keeps it waiting; after UNLOAD_WAIT the healer goes anyway, as before: that injector has not
-    started the remote call.
+    no agent is still injected. Not called when Healer.detach already gave up on an unload (a
+    thread inside a hooked or followed call): it would wait as long, and that injector starts no
+    remote call until the agent unloads (in a process that exits, it never does: the loader's
+    pages stay). UNLOAD_WAIT bounds it all the same.
     """
     with trio.move_on_after(UNLOAD_WAIT) as waited:
         await trio.to_thread.run_sync(_quiet(manager.close), abandon_on_cancel=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -304,6 +305,11 @@ async def _instrumented(device: Any, config: dict[str, Any], pid: int | None,
             await healer.detach()
 
 async def _close_injector(manager: Any) -> None:
+    """release_injector from trio (a worker thread; the wait is bounded there)."""
+    await trio.to_thread.run_sync(release_injector, manager)
+
+
+def release_injector(manager: Any) -> bool:
     """Wait until Frida's injector has cleaned up after every unloaded agent, then release it.
 
     After an agent unloads, the injector (a thread of this process, the target's ptrace tracer)
@@ -315,8 +321,19 @@ async def _close_injector(manager: Any) -> None:
     thread inside a hooked or followed call): it would wait as long, and that injector starts no
     remote call until the agent unloads (in a process that exits, it never does: the loader's
     pages stay). UNLOAD_WAIT bounds it all the same.
+
+    Args:
+        manager: a ``frida.core.DeviceManager`` of the caller's own (the process-wide one is never
+            closed: it cannot be reopened).
+
+    Returns:
+        True when the injector finished within UNLOAD_WAIT (a warning is logged otherwise).
     """
-    with trio.move_on_after(UNLOAD_WAIT) as waited:
-        await trio.to_thread.run_sync(_quiet(manager.close), abandon_on_cancel=True)
-    if waited.cancelled_caught:
+    closing = threading.Thread(target=_quiet(manager.close), name="frida-injector-close",
+                               daemon=True)
+    closing.start()
+    closing.join(UNLOAD_WAIT)
+    if closing.is_alive():
         log.warning("injector still waiting for an agent to unload", waited=UNLOAD_WAIT)
+        return False
+    return True

@@ -33,7 +33,8 @@ def build(name: str, *, opt: str = "-O2", stack_protector: bool = True,
         gcc's output.
     """
     src = _HERE / f"{name}.c"
-    text = src.read_bytes() + (_HERE / "tcp_server.h").read_bytes()  # a header edit rebuilds
+    # the project's headers too: a header edit rebuilds every target
+    text = src.read_bytes() + b"".join(h.read_bytes() for h in sorted(_HERE.glob("*.h")))
     flags = [opt, "-g", "-rdynamic", "-fno-omit-frame-pointer",
              "-fstack-protector-strong" if stack_protector else "-fno-stack-protector", *extra]
     digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:12]

@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "memlog_probe.h"
+
 #define HEAP_SIZE 4096
 
 struct parent_state {
@@ -35,16 +37,6 @@ struct inner_state {
 struct parent_state g_parent = { 0, 0, 0, "untouched" };
 struct inner_state g_inner = { 0, { 1, 2, 3 } };
 unsigned char *g_heap;
-
-static uint64_t
-fnv (const void *p, size_t n)
-{
-  const unsigned char *b = p;
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ b[i]) * 1099511628211ULL;
-  return h;
-}
 
 static void
 fault_now (void)

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "memlog_probe.h"
+
 struct parsed {
   long calls;
   long len;
@@ -35,16 +37,6 @@ struct parsed g_parsed = { 1, 2, 3, 4, 5, 6, 7, 8, 9, "none" };
 char g_line[128] = "GET /manual/en/index.html HTTP/1.1 Host: Example.ORG";
 char g_get[8] = "GET";
 char g_host[16] = "host: example.org";
-
-static uint64_t
-fnv (const void *p, size_t n)
-{
-  const unsigned char *b = p;
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ b[i]) * 1099511628211ULL;
-  return h;
-}
 
 /* The supervised function: each store is separated from the next by a read-only library call. */
 __attribute__((noinline)) int

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "memlog_probe.h"
+
 #define HEAP_SIZE 8192
 
 struct account {
@@ -29,16 +31,6 @@ struct account {
 
 struct account g_account = { 100, "alice", { 1, 2, 3 }, 7 };
 unsigned char *g_heap;
-
-static uint64_t
-fnv (const void *p, size_t n)
-{
-  const unsigned char *b = p;
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ b[i]) * 1099511628211ULL;
-  return h;
-}
 
 /* The supervised function: every store below is a change the memory log must undo on abort. */
 __attribute__((noinline)) int

@@ -19,6 +19,7 @@ from healer.profile._context import ProfileBuilder
 from healer.profile._model import Profile
 from healer.profile._standalone import script_source
 from healer.profile._trace import call_line, return_line
+from healer.session import release_injector
 
 log = structlog.get_logger("healer.profile")
 
@@ -61,7 +62,10 @@ class ProfileSession:
             "profile": {"record": record, "window": window, "args": args, "retBits": ret_bits,
                         **(tables or {})},
         }
-        self._device = frida.get_local_device()
+        # A device manager of its own, released at close() (healer.session.release_injector): a
+        # process that exits right after a detach can otherwise kill the target.
+        self._manager = frida.core.DeviceManager()
+        self._device = self._manager.get_device_by_type("local", 0)
         self._session: Any = None
         self._script: Any = None
         self.pid = 0
@@ -142,10 +146,11 @@ class ProfileSession:
         return self.detached.wait(timeout)
 
     def close(self) -> None:
-        """Detach (the target keeps running)."""
+        """Detach (the target keeps running), then wait for Frida's injector to clean up."""
         if self._session is not None and not self.detached.is_set():
             with contextlib.suppress(frida.InvalidOperationError):
                 self._session.detach()
+        release_injector(self._manager)
 
     def _rpc(self, name: str, *args: Any) -> Any:
         if self.detached.is_set():

@@ -103,14 +103,7 @@ def test_profile_settings_turn_on_anomaly_alerts_in_healer_attach(kv, record, tm
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert load(tmp_path / "normal.prof").settings["anomaly_width"] == 2
-    env = dict(os.environ, SEAD_RUN_DIR=str(tmp_path))
-    log = tmp_path / "healer.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([*heal, "--log-json", "attach", str(kv.pid), "--coverage", "all",
-                                 "--profile", str(tmp_path / "normal.prof")], env=env,
-                                stderr=err, stdout=subprocess.DEVNULL)
-    try:
-        assert _wait(log, lambda e: e.get("event") == "healer ready"), log.read_text()
+    with _attached(kv, tmp_path / "normal.prof") as log:
         kv.exchange(normal[:100])
         assert kv.exchange(["GET bad!"]) == ["ERROR bad key"]
         anomaly = _wait(log, lambda e: e.get("event") == "anomaly")
@@ -119,6 +112,20 @@ def test_profile_settings_turn_on_anomaly_alerts_in_healer_attach(kv, record, tm
         assert anomaly["window"] == ["key_valid", "parse_command"]
         alerts = [e for e in _events(log) if e.get("event") == "anomaly"]
         assert len(alerts) == 1  # the training traffic raised none
+
+
+@contextlib.contextmanager
+def _attached(kv: KvServer, profile: Path) -> Iterator[Path]:
+    """`healer attach --coverage all --profile` on kv, ready; yields its JSON log, stops it."""
+    log = profile.parent / "healer.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "healer", "--log-json", "attach",
+                                 str(kv.pid), "--coverage", "all", "--profile", str(profile)],
+                                env=dict(os.environ, SEAD_RUN_DIR=str(profile.parent)),
+                                stderr=err, stdout=subprocess.DEVNULL)
+    try:
+        assert _wait(log, lambda e: e.get("event") == "healer ready"), log.read_text()
+        yield log
     finally:
         _stop(proc)
 
@@ -150,13 +157,7 @@ def test_fixed_value_setting_heals_with_that_value_in_healer_attach(kv, trained,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     env = dict(os.environ, SEAD_RUN_DIR=str(tmp_path))
-    log = tmp_path / "healer.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([*heal, "--log-json", "attach", str(kv.pid), "--coverage", "all",
-                                 "--profile", str(tmp_path / "kv.prof")], env=env,
-                                stderr=err, stdout=subprocess.DEVNULL)
-    try:
-        assert _wait(log, lambda e: e.get("event") == "healer ready"), log.read_text()
+    with _attached(kv, tmp_path / "kv.prof") as log:
         r = subprocess.run([*heal, "inject", str(kv.pid), "--function", "key_valid"], env=env,
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
@@ -166,5 +167,3 @@ def test_fixed_value_setting_heals_with_that_value_in_healer_attach(kv, trained,
         ev = _wait(log, lambda e: e.get("event") == "inject")
         assert ev is not None, log.read_text()
         assert (ev["function"], ev["selected"], ev["value"]) == ("key_valid", "fixed", "0")
-    finally:
-        _stop(proc)

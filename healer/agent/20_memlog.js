@@ -38,7 +38,8 @@ const _memlogModule = (function () {
   let logBytes = 4 * 1024 * 1024;
   const threads = new Map();   // threadId -> {threadId, log, buf}
   let refollows = 0;
-  const fridaPatches = { memset: 0, disassembleAt: 0 }; // fastFridaMemset, reuseCapstone
+  // fastFridaMemset, reuseCapstone, widenInlineCache (the entries it set, 0 if none)
+  const fridaPatches = { memset: 0, disassembleAt: 0, icEntries: 0 };
   // memlog.c's [lo, hi) pairs of Frida's executable mappings, ending with lo == 0
   const fridaCode = Memory.alloc((2 * MAX_FRIDA_RANGES + 1) * 8);
   // memlog.c's [lo, hi) pairs of the read-only routines run natively (excludeReadOnly)
@@ -72,6 +73,7 @@ const _memlogModule = (function () {
     if (config.memlog === undefined || config.memlog.excludeReadOnly !== false) excludeReadOnly(libc);
     fastFridaMemset();
     reuseCapstone();
+    widenInlineCache();
     makeResumeStub();
   }
 
@@ -210,12 +212,72 @@ const _memlogModule = (function () {
     disassembleAt = null;
   }
 
+  // Detach, before any hook is removed: every followed thread leaves Stalker. Its code cache keeps
+  // the translation of a hooked function's first block, whose jump into Interceptor's trampoline
+  // outlives the unhook and would reach the freed trampoline (a target crash ~1 detach in 60
+  // after traffic). An unfollow of another thread takes effect at its next transition into
+  // Stalker (at the latest the `ret` after the system call it is blocked in), before it can reach
+  // a supervised function again; transactions are already disabled, so nothing is left to log.
+  function unfollowAll() {
+    for (const st of threads.values()) Stalker.unfollow(st.threadId);
+  }
+
   function reuseCapstone() {
     const found = scanFridaCode(DISASSEMBLE_AT);
     if (found.length !== 1) return;
     Interceptor.replace(found[0], cm.memlog_disassemble_at);
     disassembleAt = found[0];
     fridaPatches.disassembleAt++;
+  }
+
+  // Every indirect call, jump and return of translated code looks its target up in an inline
+  // cache of the branch site; a miss switches into Stalker's runtime (saves the caller-saved
+  // registers, flags, fxsave and the AVX upper halves) to find the block. Frida's default is 2
+  // entries a site: Apache's returns (apr_palloc's, called from dozens of sites), its hook
+  // dispatch (ap_run_*) and Interceptor's enter/leave thunks (one site for every supervised
+  // function) missed nearly every time, 24 % of Apache's CPU under COSAK. Gum's `ic-entries`
+  // (2..32) is a construct-only property not exposed to JavaScript, so the field is set in the JS
+  // runtime's GumStalker before any thread is followed (every site is then emitted with, and
+  // backpatched against, the same count). 32 is the property's own maximum: a block's data must
+  // fit what Stalker reserves for it (1 KiB: 63 entries at most). The object is found by its trust
+  // threshold: set to two marker values in turn, exactly one word of Frida's writable memory
+  // follows both. The layout (Frida 17.26: ic_entries at +24, trust_threshold at +192, page_size
+  // at +152) is checked (ic 2, the page size) before anything is written; otherwise nothing
+  // changes but speed.
+  const IC_ENTRIES = 32;
+  const IC_AT = 24;
+  const TRUST_AT = 192;
+  const PAGE_SIZE_AT = 152;
+
+  function widenInlineCache() {
+    const stalker = findStalker();
+    if (stalker === null || stalker.add(IC_AT).readU32() !== 2
+        || stalker.add(PAGE_SIZE_AT).readU64().toNumber() !== Process.pageSize) return;
+    stalker.add(IC_AT).writeU32(IC_ENTRIES);
+    fridaPatches.icEntries = IC_ENTRIES;
+  }
+
+  function findStalker() {
+    const old = Stalker.trustThreshold;
+    const marks = [0x5ead7a11, 0x5ead7a12];
+    Stalker.trustThreshold = marks[0];
+    const hits = [];
+    // Frida's heap is anonymous, cloaked from Process.enumerateRanges() and grows in segments
+    // under 1 MiB; larger anonymous mappings (thread stacks, the server's big allocations) are not
+    // scanned (Apache: 6 of 56 MB, 4 ms).
+    for (const line of File.readAllText('/proc/self/maps').split('\n')) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) rw\S+ \S+ \S+ 0\s*$/.exec(line);
+      if (m === null) continue;
+      const size = parseInt(m[2], 16) - parseInt(m[1], 16);
+      if (size >= 8 * 1024 * 1024) continue;
+      for (const hit of Memory.scanSync(ptr('0x' + m[1]), size, '11 7a ad 5e')) {
+        hits.push(hit.address);
+      }
+    }
+    Stalker.trustThreshold = marks[1];
+    const found = hits.filter(at => at.readU32() === marks[1]);
+    Stalker.trustThreshold = old;
+    return found.length === 1 ? found[0].sub(TRUST_AT) : null;
   }
 
   function stackLow(sp) {
@@ -382,7 +444,7 @@ const _memlogModule = (function () {
     return { begin: cm.memlog_begin, commit: cm.memlog_commit };
   }
 
-  return { detach, configure, enableThread, rollback, gradual, beforeResume, stats, nativeHooks };
+  return { detach, unfollowAll, configure, enableThread, rollback, gradual, beforeResume, stats, nativeHooks };
 })();
 
 Sead.memlog = _memlogModule;
@@ -396,5 +458,6 @@ Sead.use({
   onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
   beforeResume(tx, context) { _memlogModule.beforeResume(tx, context); },
   status() { return { memlog: _memlogModule.stats() }; },
+  beforeUnhook() { _memlogModule.unfollowAll(); },
   onDetach() { _memlogModule.detach(); },
 });

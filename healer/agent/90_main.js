@@ -67,6 +67,7 @@ class Agent {
   // read() inside a hooked function holds it): the host does not wait for that.
   prepareDetach() {
     Sead.txn.setEnabled(false);
+    Sead.each('beforeUnhook'); // memlog: no thread runs Stalker's copies of hooked code any more
     Sead.coverage.unhookAll();
     Interceptor.detachAll(); // the plugins' hooks too: a JS onLeave would wait for the unload
     Sead.each('onDetach'); // no hook can run any more: the wire tells the gateway (UNGUARD)

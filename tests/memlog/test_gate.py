@@ -41,7 +41,8 @@ def test_frida_internals_patched(memlog_target):
     script.exports_sync.init({}, ["update_account"], "never")
     target.command("call 0")
     patches = script.exports_sync.status()["memlog"]["fridaPatches"]
-    assert patches == {"memset": 1, "disassembleAt": 1}, (
-        f"{patches}: Frida's code changed (upgrade?): find the two functions again "
-        "(docs/memlog-and-wire.md, 20_memlog.js SLOW_MEMSET / DISASSEMBLE_AT)")
+    assert patches == {"memset": 1, "disassembleAt": 1, "icEntries": 32}, (
+        f"{patches}: Frida's code changed (upgrade?): find the two functions and the GumStalker "
+        "layout again (docs/memlog-and-wire.md, 20_memlog.js SLOW_MEMSET / DISASSEMBLE_AT / "
+        "IC_AT)")
     assert target.alive()

@@ -27,10 +27,11 @@ const _memlogModule = (function () {
     'pthread_getspecific'];
   const MAX_MARKERS = 64;            // memlog.c
   const MAX_THREADS = 256;
-  const LOG_STRUCT = 21 * 8 + MAX_MARKERS * 32; // struct _MemLog
+  const LOG_STRUCT = 22 * 8 + MAX_MARKERS * 32; // struct _MemLog
   const F = { buf: 0, cap: 8, len: 16, on: 24, skipLo: 32, skipHi: 40, fsBase: 48, logged: 56,
     loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96, key: 104,
-    refollow: 112, unsupported: 120, blocks: 128, capstone: 136, blocksExcluded: 144, nativeCalls: 152, n: 160 };
+    refollow: 112, unsupported: 120, blocks: 128, capstone: 136, blocksExcluded: 144, nativeCalls: 152,
+    fridaCalls: 160, n: 168 };
   const MAX_FRIDA_RANGES = 16;
 
   let cm = null;
@@ -280,6 +281,40 @@ const _memlogModule = (function () {
     return found.length === 1 ? found[0].sub(TRUST_AT) : null;
   }
 
+  // Interceptor's enter and leave thunks (Sead.coverage.thunks()) run translated on a followed
+  // thread, twice a supervised call, and store only into their own frame below the caller's sp
+  // (the saved CPU context), dead when they return: the transform leaves them uninstrumented, like
+  // Frida's own code (each of their stores cost a gated call of memlog_store that skipped it).
+  // Their calls of Frida's own begin/end_invocation run natively (memlog.c's frida_callee). Their
+  // extent: up to the first `ret` or `jmp` past every forward conditional jump (the enter thunk
+  // has two epilogues). Looked up at each first follow of a thread until found (the hooks and
+  // their trampolines exist by then); without the core's coverage (tests/memlog's stand-in core)
+  // they stay instrumented.
+  const thunks = [];           // {start, size} of each thunk left uninstrumented
+
+  function skipInterceptorThunks() {
+    if (thunks.length !== 0 || Sead.coverage === undefined) return;
+    let n = 0;
+    while (fridaCode.add(16 * n).readU64().toNumber() !== 0) n++;
+    for (const start of Sead.coverage.thunks()) {
+      let end = start;
+      let reach = start;       // the furthest forward target of a conditional jump so far
+      for (let i = 0; i < 256; i++) {
+        const insn = Instruction.parse(end);
+        end = insn.next;
+        const op = insn.operands[0];
+        if (insn.mnemonic.startsWith('j') && insn.mnemonic !== 'jmp' && op.type === 'imm'
+            && ptr(op.value).compare(reach) > 0) reach = ptr(op.value);
+        if ((insn.mnemonic === 'ret' || insn.mnemonic === 'jmp') && end.compare(reach) > 0) break;
+      }
+      if (n === MAX_FRIDA_RANGES) return;
+      fridaCode.add(16 * n + 8).writePointer(end);  // the end first: the transform may be reading
+      fridaCode.add(16 * n).writePointer(start);
+      n++;
+      thunks.push({ start: start.toString(), size: end.sub(start).toUInt32() });
+    }
+  }
+
   function stackLow(sp) {
     for (const line of File.readAllText('/proc/self/maps').split('\n')) {
       const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
@@ -371,6 +406,7 @@ const _memlogModule = (function () {
     st = { threadId, log, buf };
     if (cm._register(log) !== 0) throw new Error(`memlog: more than ${MAX_THREADS} threads`);
     threads.set(threadId, st);
+    skipInterceptorThunks();
     follow(st);
     return st;
   }
@@ -422,9 +458,9 @@ const _memlogModule = (function () {
 
   function stats() {
     const counters = ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored',
-      'unsupported', 'blocks', 'blocksExcluded', 'nativeCalls'];
+      'unsupported', 'blocks', 'blocksExcluded', 'nativeCalls', 'fridaCalls'];
     const out = { threads: threads.size, refollows, rollback: config.rollback !== false,
-      fridaPatches, readOnly };
+      fridaPatches, readOnly, interceptorThunks: thunks };
     for (const k of counters) out[k] = 0;
     for (const st of threads.values()) {
       for (const k of counters) {

@@ -150,19 +150,35 @@ Sead.coverage = (() => {
   // address) lets Frida pop its invocation entry. Decoded from the patched prologue: it jumps to the
   // on-enter trampoline `push [rip+d]; jmp thunk`; the on-leave one pushes the same slot.
   function findTrampoline(address) {
-    const j = Instruction.parse(address);
-    if (j.mnemonic !== 'jmp') return null;
-    const op = j.operands[0];
-    const enter = op.type === 'imm' ? ptr(op.value)
-      : op.type === 'mem' && op.value.base === 'rip' ? j.next.add(op.value.disp).readPointer() : null;
-    if (enter === null || enter.readU8() !== 0xff || enter.add(1).readU8() !== 0x35) return null;
+    const enter = jumpTarget(address);
+    if (enter === null || !isPushRip(enter)) return null;
     const slot = enter.add(6).add(enter.add(2).readS32());
     for (let a = enter.add(6); a.compare(enter.add(96)) < 0; a = a.add(1)) {
-      if (a.readU8() === 0xff && a.add(1).readU8() === 0x35 && a.add(6).add(a.add(2).readS32()).equals(slot)) {
-        return a;
-      }
+      if (isPushRip(a) && a.add(6).add(a.add(2).readS32()).equals(slot)) return a;
     }
     return null;
+  }
+
+  function isPushRip(at) { return at.readU8() === 0xff && at.add(1).readU8() === 0x35; }
+
+  // Where the `jmp` at `at` goes (direct or through a rip-relative slot), or null.
+  function jumpTarget(at) {
+    const j = Instruction.parse(at);
+    if (j.mnemonic !== 'jmp') return null;
+    const op = j.operands[0];
+    return op.type === 'imm' ? ptr(op.value)
+      : op.type === 'mem' && op.value.base === 'rip' ? j.next.add(op.value.disp).readPointer() : null;
+  }
+
+  // Interceptor's enter and leave thunks, shared by every hooked function (each trampoline is
+  // `push [rip+d]; jmp thunk`); [] while no hooked function's trampolines are known.
+  function thunks() {
+    for (const fn of fns) {
+      if (fn.listener === null || fn.trampoline === null) continue;
+      const found = [jumpTarget(jumpTarget(fn.address).add(6)), jumpTarget(fn.trampoline.add(6))];
+      return found.filter(t => t !== null);
+    }
+    return [];
   }
 
   function hook(fn) {
@@ -295,7 +311,7 @@ Sead.coverage = (() => {
       calls: hooked.map(f => [f.name, f.info.add(INFO.calls).readU64().toNumber()]).filter(c => c[1] > 0) };
   }
 
-  return { init, apply, check, supervise, ensureHooked, status, resolve, unhookAll,
+  return { init, apply, check, supervise, ensureHooked, status, resolve, unhookAll, thunks,
     byInfo: p => byInfoKey.get(p.toString()) || { name: String(p), address: p },
     functions: () => fns.map(f => ({ name: f.name, address: f.address.toString(), size: f.size, origin: f.origin,
       hooked: f.listener !== null })) };

@@ -185,12 +185,19 @@ const _memlogModule = (function () {
     'be 02 00 00 00 e8 ?? ?? ?? ?? 48 8b 3c 24 48 89 d9 48 89 de 4c 8d 4c 24 08 ' +
     '41 b8 01 00 00 00 ba 10 00 00 00 e8';
 
+  // The [lo, hi) pairs in fridaCode.
+  function fridaRanges() {
+    const out = [];
+    for (let i = 0; fridaCode.add(16 * i).readU64().toNumber() !== 0; i++) {
+      out.push([fridaCode.add(16 * i).readPointer(), fridaCode.add(16 * i + 8).readPointer()]);
+    }
+    return out;
+  }
+
   function scanFridaCode(pattern) {
     const found = [];
-    for (let i = 0; fridaCode.add(16 * i).readU64().toNumber() !== 0; i++) {
-      const lo = fridaCode.add(16 * i).readPointer();
-      const size = fridaCode.add(16 * i + 8).readPointer().sub(lo).toUInt32();
-      for (const m of Memory.scanSync(lo, size, pattern)) found.push(m.address);
+    for (const [lo, hi] of fridaRanges()) {
+      for (const m of Memory.scanSync(lo, hi.sub(lo).toUInt32(), pattern)) found.push(m.address);
     }
     return found;
   }
@@ -234,9 +241,9 @@ const _memlogModule = (function () {
   // Every indirect call, jump and return of translated code looks its target up in an inline
   // cache of the branch site; a miss switches into Stalker's runtime (saves the caller-saved
   // registers, flags, fxsave and the AVX upper halves) to find the block. Frida's default is 2
-  // entries a site: Apache's returns (apr_palloc's, called from dozens of sites), its hook
-  // dispatch (ap_run_*) and Interceptor's enter/leave thunks (one site for every supervised
-  // function) missed nearly every time, 24 % of Apache's CPU under COSAK. Gum's `ic-entries`
+  // entries a site, fewer than the targets of Apache's returns (apr_palloc's, called from dozens
+  // of sites) and hook dispatch (ap_run_*): 32 took 5 % of Apache's CPU under COSAK (most of the
+  // switches left were excluded calls: skipInterceptorThunks). Gum's `ic-entries`
   // (2..32) is a construct-only property not exposed to JavaScript, so the field is set in the JS
   // runtime's GumStalker before any thread is followed (every site is then emitted with, and
   // backpatched against, the same count). 32 is the property's own maximum: a block's data must
@@ -263,14 +270,14 @@ const _memlogModule = (function () {
     const marks = [0x5ead7a11, 0x5ead7a12];
     Stalker.trustThreshold = marks[0];
     const hits = [];
-    // Frida's heap is anonymous, cloaked from Process.enumerateRanges() and grows in segments
-    // under 1 MiB; larger anonymous mappings (thread stacks, the server's big allocations) are not
-    // scanned (Apache: 6 of 56 MB, 4 ms).
+    // Frida's heap is anonymous and cloaked from Process.enumerateRanges(); its segments were
+    // seen from 0.5 to 11 MiB in Apache. Mappings of 64 MiB and more (the server's big
+    // allocations) are not scanned, so the time stays bounded (Apache: 56 MB, ~40 ms, at attach).
     for (const line of File.readAllText('/proc/self/maps').split('\n')) {
       const m = /^([0-9a-f]+)-([0-9a-f]+) rw\S+ \S+ \S+ 0\s*$/.exec(line);
       if (m === null) continue;
       const size = parseInt(m[2], 16) - parseInt(m[1], 16);
-      if (size >= 8 * 1024 * 1024) continue;
+      if (size >= 64 * 1024 * 1024) continue;
       for (const hit of Memory.scanSync(ptr('0x' + m[1]), size, '11 7a ad 5e')) {
         hits.push(hit.address);
       }
@@ -287,32 +294,48 @@ const _memlogModule = (function () {
   // Frida's own code (each of their stores cost a gated call of memlog_store that skipped it).
   // Their calls of Frida's own begin/end_invocation run natively (memlog.c's frida_callee). Their
   // extent: up to the first `ret` or `jmp` past every forward conditional jump (the enter thunk
-  // has two epilogues). Looked up at each first follow of a thread until found (the hooks and
-  // their trampolines exist by then); without the core's coverage (tests/memlog's stand-in core)
-  // they stay instrumented.
+  // has two epilogues). A range is only taken when it ends so within 512 bytes and calls into
+  // Frida's code (another Frida's thunks stay instrumented: code wrongly taken for a thunk would
+  // go unlogged). Looked up at each first follow of a thread until found (the hooks and their
+  // trampolines exist by then); without the core's coverage (tests/memlog's stand-in core) they
+  // stay instrumented.
   const thunks = [];           // {start, size} of each thunk left uninstrumented
 
   function skipInterceptorThunks() {
     if (thunks.length !== 0 || Sead.coverage === undefined) return;
-    let n = 0;
-    while (fridaCode.add(16 * n).readU64().toNumber() !== 0) n++;
+    let n = fridaRanges().length;
     for (const start of Sead.coverage.thunks()) {
-      let end = start;
-      let reach = start;       // the furthest forward target of a conditional jump so far
-      for (let i = 0; i < 256; i++) {
-        const insn = Instruction.parse(end);
-        end = insn.next;
-        const op = insn.operands[0];
-        if (insn.mnemonic.startsWith('j') && insn.mnemonic !== 'jmp' && op.type === 'imm'
-            && ptr(op.value).compare(reach) > 0) reach = ptr(op.value);
-        if ((insn.mnemonic === 'ret' || insn.mnemonic === 'jmp') && end.compare(reach) > 0) break;
-      }
+      const end = thunkEnd(start);
+      if (end === null) continue;
       if (n === MAX_FRIDA_RANGES) return;
       fridaCode.add(16 * n + 8).writePointer(end);  // the end first: the transform may be reading
       fridaCode.add(16 * n).writePointer(start);
       n++;
       thunks.push({ start: start.toString(), size: end.sub(start).toUInt32() });
     }
+  }
+
+  // The end of the thunk at `start`, or null unless it ends within 512 bytes and calls Frida.
+  function thunkEnd(start) {
+    let end = start;
+    let reach = start;         // the furthest forward target of a conditional jump so far
+    let callsFrida = false;
+    while (end.sub(start).toUInt32() < 512) {
+      const insn = Instruction.parse(end);
+      end = insn.next;
+      const op = insn.operands[0];
+      if (insn.mnemonic === 'call' && op.type === 'imm' && inFridaCode(ptr(op.value))) callsFrida = true;
+      if (insn.mnemonic.startsWith('j') && insn.mnemonic !== 'jmp' && op.type === 'imm'
+          && ptr(op.value).compare(reach) > 0) reach = ptr(op.value);
+      if ((insn.mnemonic === 'ret' || insn.mnemonic === 'jmp') && end.compare(reach) > 0) {
+        return callsFrida ? end : null;
+      }
+    }
+    return null;
+  }
+
+  function inFridaCode(at) {
+    return fridaRanges().some(([lo, hi]) => at.compare(lo) >= 0 && at.compare(hi) < 0);
   }
 
   function stackLow(sp) {

@@ -638,6 +638,16 @@ patch_jump32 (GumX86Writer * cw, gint32 * rel)
   *rel = (gint32) (cw->code - ((guint8 *) rel + 4));
 }
 
+/* The registers and flags as they were before the fast path (its pushes undone). */
+static void
+put_fast_restore (GumX86Writer * cw)
+{
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RDX);
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RCX);
+  gum_x86_writer_put_bytes (cw, restore_flags, sizeof (restore_flags));
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RAX);
+}
+
 /*
  * The inline fast path of a gated call, for the two cases that need no logging and are most of
  * the calls in Apache (~1,100 each a request under COSAK): a store into the thread's own stack
@@ -700,19 +710,13 @@ put_fast_path (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint64
     gum_x86_writer_put_pop_reg (cw, GUM_X86_RBX);                     /* flags untouched */
     miss[0] = put_jump32 (cw, 0x85);                                  /* jne: page not seen */
   }
-  gum_x86_writer_put_pop_reg (cw, GUM_X86_RDX);
-  gum_x86_writer_put_pop_reg (cw, GUM_X86_RCX);
-  gum_x86_writer_put_bytes (cw, restore_flags, sizeof (restore_flags));
-  gum_x86_writer_put_pop_reg (cw, GUM_X86_RAX);
+  put_fast_restore (cw);
   gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, RED_ZONE);
   done = put_jump32 (cw, 0);
   for (i = 0; i < G_N_ELEMENTS (miss); i++)
     if (miss[i] != NULL)
       patch_jump32 (cw, miss[i]);
-  gum_x86_writer_put_pop_reg (cw, GUM_X86_RDX);
-  gum_x86_writer_put_pop_reg (cw, GUM_X86_RCX);
-  gum_x86_writer_put_bytes (cw, restore_flags, sizeof (restore_flags));
-  gum_x86_writer_put_pop_reg (cw, GUM_X86_RAX);
+  put_fast_restore (cw);
   return done;
 }
 
@@ -727,9 +731,8 @@ static void
 put_gated_call (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint64 disp)
 {
   static const guint8 jrcxz[2] = { 0xe3, 0 };
-  static const guint8 jmp[5] = { 0xe9, 0, 0, 0, 0 };
-  guint8 * skip, * done;
-  gint32 * fast;
+  guint8 * skip;
+  gint32 * done, * fast;
   guint i;
 
   gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, -RED_ZONE);
@@ -741,8 +744,7 @@ put_gated_call (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint6
   gum_x86_writer_put_bytes (cw, jrcxz, sizeof (jrcxz));  /* to the call: the gate is on */
   gum_x86_writer_put_pop_reg (cw, GUM_X86_RCX);
   gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, RED_ZONE);
-  done = cw->code;
-  gum_x86_writer_put_bytes (cw, jmp, sizeof (jmp));      /* past the call */
+  done = put_jump32 (cw, 0);                              /* past the call */
   skip[1] = (guint8) (cw->code - (skip + 2));
 
   gum_x86_writer_put_pop_reg (cw, GUM_X86_RCX);  /* rsp stays below the red zone */
@@ -774,7 +776,7 @@ put_gated_call (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint6
     gum_x86_writer_put_pop_reg (cw, saved[i - 1]);
   gum_x86_writer_put_popfx (cw);
   gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, RED_ZONE);
-  *(gint32 *) (done + 1) = (gint32) (cw->code - (done + 5));
+  patch_jump32 (cw, done);
   if (fast != NULL)
     patch_jump32 (cw, fast);
 }

@@ -89,6 +89,7 @@ class Config:
     attach_seconds: list[float] = field(default_factory=list)
     survived_detach: list[bool] = field(default_factory=list)  # Apache alive after the detach
     per_request: dict[str, float] = field(default_factory=dict)  # agent counters, last crawl
+    ic_entries: list[int] = field(default_factory=list)  # Stalker's inline cache, each round
 
 
 def _cpu(pid: int | None) -> float:
@@ -225,13 +226,17 @@ AGENT_COUNTERS = {"supervised_calls": ("txn", "supervisedCalls"), "wire_lines": 
                   "logged_stores": ("memlog", "logged")}
 
 
-def _agent_counters(pid: int) -> dict[str, float]:
-    """The agent's cumulative counters in ``pid`` (``healer status``); empty if unavailable."""
+def _agent_status(pid: int) -> dict[str, Any]:
+    """The agent's status in ``pid`` (``healer status``); empty if unavailable."""
     out = subprocess.run([sys.executable, "-m", "healer", "status", str(pid)], cwd=REPO,
                          capture_output=True, text=True, timeout=60, check=False)
     if out.returncode != 0:
         return {}
-    agent = json.loads(out.stdout).get("agents", {}).get(str(pid), {})
+    return dict(json.loads(out.stdout).get("agents", {}).get(str(pid), {}))
+
+
+def _agent_counters(agent: dict[str, Any]) -> dict[str, float]:
+    """The cumulative counters of AGENT_COUNTERS in an agent's status."""
     return {name: float(agent.get(part, {}).get(key, 0))
             for name, (part, key) in AGENT_COUNTERS.items()}
 
@@ -248,9 +253,12 @@ def _guarded_crawl(cfg: Config, topo: netns.Topology, httpd: apache.Apache,
             if not probe.startswith(b"HTTP/1.1 200"):
                 raise NotAvailable(f"a request through the guarded gateway got {probe[:40]!r} "
                                    "(held output never committed; see the gateway log)")
-            before = _agent_counters(httpd.pid)
+            before = _agent_counters(_agent_status(httpd.pid))
             cfg.crawls.append(_crawl(topo, httpd, target, out))
-            after = _agent_counters(httpd.pid)
+            status = _agent_status(httpd.pid)
+            after = _agent_counters(status)
+            if "memlog" in status:  # 0 when the agent could not widen Stalker's inline caches
+                cfg.ic_entries.append(int(status["memlog"]["fridaPatches"]["icEntries"]))
             requests = max(cfg.crawls[-1].requests, 1)
             cfg.per_request = {k: round((after[k] - before.get(k, 0)) / requests, 2)
                                for k in after}
@@ -353,6 +361,8 @@ def summarize(configs: list[Config], rounds: int, facts: dict[str, Any]) -> dict
             entry["attach_seconds_median"] = round(statistics.median(c.attach_seconds), 3)
         if c.per_request:
             entry["agent_per_request"] = c.per_request
+        if c.ic_entries:
+            entry["stalker_ic_entries"] = c.ic_entries
         table[c.name] = entry
     return {"workload": "wget -r -np -nH of /manual/ (apache2-doc), Apache -X, wget to tmpfs",
             "rounds": rounds, "order": "alternating", "paper": PAPER, **facts,
@@ -371,6 +381,8 @@ def print_table(summary: dict[str, Any]) -> None:
         flag = "" if e["complete"] else "  INCOMPLETE crawl"
         if "apache_survived_detach" in e:
             flag += f"  Apache alive after detach: {e['apache_survived_detach']}"
+        if 0 in e.get("stalker_ic_entries", []):
+            flag += "  (Stalker's inline cache not widened in some rounds: docs/memlog-and-wire.md)"
         proxy = "-" if e["proxy_cpu_us_per_request"] is None else \
             f"{e['proxy_cpu_us_per_request']:.0f}"
         print(f"{name:<20} {e['median_seconds']:>8.3f} {e['ms_per_request']:>7.3f} {slow:>9} "

@@ -95,11 +95,19 @@ async def assert_silent(sock: trio.socket.SocketType, window: float = 0.15) -> N
         raise AssertionError(f"expected nothing on the socket, got {data!r}")
 
 
+async def wait_held(serving: vproxy.Serving, n: int) -> None:
+    """Until the gateway has received ``n`` held bytes (bounded poll of its counters)."""
+    with trio.fail_after(5):
+        while serving.gateway.stats.bytes_held < n:
+            await trio.sleep(0.005)
+
+
 @pytest.fixture
 def net() -> SimpleNamespace:
     """The socket helpers above, for test modules (importlib mode cannot import conftest)."""
     return SimpleNamespace(connect=connect, send=send, recv_exactly=recv_exactly,
-                           recv_to_eof=recv_to_eof, assert_silent=assert_silent, WAIT=WAIT)
+                           recv_to_eof=recv_to_eof, assert_silent=assert_silent,
+                           wait_held=wait_held, WAIT=WAIT)
 
 
 @pytest.fixture

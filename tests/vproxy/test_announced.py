@@ -71,9 +71,7 @@ async def test_server_eof_with_announced_output_missing(start_gateway, upstream,
         await net.send(server, written)
         server.shutdown(trio.socket.SHUT_WR)
         if not events_first:
-            with trio.fail_after(5):
-                while serving.gateway.stats.bytes_held < len(written):
-                    await trio.sleep(0.005)
+            await net.wait_held(serving, len(written))
             await trio.sleep(0.02)  # (no assertion rests on it: the EOF is read either way)
             await ctl.send(*events)
             await ctl.sync()

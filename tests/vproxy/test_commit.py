@@ -28,18 +28,11 @@ async def _guarded_pair(start_gateway, upstream, net, **config):
     return serving, ctl, client, server
 
 
-async def _wait_held(serving, n: int) -> None:
-    """Until the gateway has received ``n`` held bytes (bounded poll of its counters)."""
-    with trio.fail_after(5):
-        while serving.gateway.stats.bytes_held < n:
-            await trio.sleep(0.005)
-
-
 async def test_held_output_waits_for_commit(start_gateway, upstream, net):
     serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5))
     await net.send(server, b"hello")
-    await _wait_held(serving, 5)
+    await net.wait_held(serving, 5)
     await ctl.sync()
     await net.assert_silent(client)
     await ctl.send(Commit(1))
@@ -52,7 +45,7 @@ async def test_held_output_waits_for_commit(start_gateway, upstream, net):
 async def test_uncovered_output_is_held_until_release(start_gateway, upstream, net):
     serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
     await net.send(server, b"outside any transaction")
-    await _wait_held(serving, 23)
+    await net.wait_held(serving, 23)
     await ctl.sync()
     await net.assert_silent(client)  # fail closed: nothing covers these bytes yet
     await ctl.send(Release(1, 7))
@@ -67,7 +60,7 @@ async def test_aborted_output_never_reaches_client(start_gateway, upstream, net)
                                                        on_abort="drop")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6))
     await net.send(server, b"SECRET")
-    await _wait_held(serving, 6)
+    await net.wait_held(serving, 6)
     await ctl.send(Abort(1, "SIGSEGV"), Begin(2, None), Io(2, 1, "out", 6, 10), Commit(2))
     await net.send(server, b"good")
     assert await net.recv_exactly(client, 4) == b"good"
@@ -82,7 +75,7 @@ async def test_abort_with_close_policy_closes_without_leaking(start_gateway, ups
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 3), Commit(1))
     await ctl.send(Begin(2, None), Io(2, 1, "out", 3, 9))
     await net.send(server, b"ok;SECRET")
-    await _wait_held(serving, 9)
+    await net.wait_held(serving, 9)
     await ctl.send(Abort(2, "stack-chk"))
     assert await net.recv_to_eof(client) == b"ok;"
 
@@ -121,7 +114,7 @@ async def test_release_order_is_independent_of_arrival_order(start_gateway, upst
             if kind == "bytes":
                 await net.send(server, payload[i])
                 sent.add(i)
-                await _wait_held(serving, 18 * n + offsets[i + 1])
+                await net.wait_held(serving, 18 * n + offsets[i + 1])
             else:
                 await ctl.send(Commit(tx + i))
                 committed.add(i)
@@ -143,7 +136,7 @@ async def test_nested_commit_waits_for_root(start_gateway, upstream, net):
     serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
     await ctl.send(Begin(1, None), Begin(2, 1), Io(2, 1, "out", 0, 4), Commit(2))
     await net.send(server, b"kid!")
-    await _wait_held(serving, 4)
+    await net.wait_held(serving, 4)
     await ctl.sync()
     await net.assert_silent(client)
     await ctl.send(Commit(1))
@@ -156,7 +149,7 @@ async def test_gradual_commit_avoids_request_response_deadlock(start_gateway, up
     serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6))
     await net.send(server, b"name? ")
-    await _wait_held(serving, 6)
+    await net.wait_held(serving, 6)
     await ctl.sync()
     await net.assert_silent(client)
     await ctl.send(Gradual(1, 1))  # the server is about to read
@@ -165,7 +158,7 @@ async def test_gradual_commit_avoids_request_response_deadlock(start_gateway, up
     assert await net.recv_exactly(server, 4) == b"bob\n"
     await ctl.send(Io(1, 1, "in", 0, 4), Io(1, 1, "out", 6, 16))
     await net.send(server, b"hello bob\n")
-    await _wait_held(serving, 16)
+    await net.wait_held(serving, 16)
     await ctl.sync()
     await net.assert_silent(client)
     await ctl.send(Commit(1))
@@ -236,7 +229,7 @@ async def test_unmatched_connection_is_held_until_close_bound(start_gateway, ups
 async def test_unguard_releases_and_returns_to_pass_through(start_gateway, upstream, net):
     serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
     await net.send(server, b"held")
-    await _wait_held(serving, 4)
+    await net.wait_held(serving, 4)
     await ctl.send(Unguard())
     assert await net.recv_exactly(client, 4) == b"held"
     await net.send(server, b"free")
@@ -249,7 +242,7 @@ async def test_agent_loss_aborts_open_transactions_and_stays_guarded(start_gatew
                                                        on_abort="drop")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6))
     await net.send(server, b"SECRET")
-    await _wait_held(serving, 6)
+    await net.wait_held(serving, 6)
     await ctl.aclose()
     with trio.fail_after(5):
         while serving.gateway.stats.aborted == 0:
@@ -275,7 +268,7 @@ async def test_back_route_holds_the_servers_outgoing_request(start_gateway, upst
     ledger = await upstream.accept()
     await ctl.send(conn_of(7, protected), Begin(1, None), Io(1, 7, "out", 0, 9))
     await net.send(protected, b"DEBIT 100")
-    await _wait_held(serving, 9)
+    await net.wait_held(serving, 9)
     await ctl.sync()
     await net.assert_silent(ledger)
     await ctl.send(Abort(1, "SIGSEGV"))
@@ -300,7 +293,7 @@ async def test_guard_arriving_mid_connection_holds_the_next_output(start_gateway
         await ctl.send(Guard(), conn_of(1, server), Begin(1, None), Io(1, 1, "out", 13, 18))
         await ctl.sync()
         await net.send(server, b"after")
-        await _wait_held(serving, 5)
+        await net.wait_held(serving, 5)
     assert not [e for e in logs if e["event"] == "left the fast path"]
     await net.assert_silent(client)
     await ctl.send(Commit(1))
@@ -320,7 +313,7 @@ async def test_events_without_guard_hold_only_covered_bytes(start_gateway, upstr
     await ctl.send(conn_of(1, server), Begin(1, None), Io(1, 1, "out", 1, 4))
     await ctl.sync()
     await net.send(server, b"bcd")
-    await _wait_held(serving, 3)
+    await net.wait_held(serving, 3)
     await net.assert_silent(client)
     await ctl.send(Abort(1, "SIGSEGV"))
     await net.send(server, b"e")
@@ -358,7 +351,7 @@ async def test_one_gateway_front_and_back_routes_share_the_control_socket(start_
                    Io(1, 1, "out", 0, 3))
     await net.send(to_ledger, b"DEBIT 100\n\n")
     await net.send(server_side, b"OK\n")
-    await _wait_held(serving, 14)
+    await net.wait_held(serving, 14)
     await ctl.sync()
     await net.assert_silent(ledger_side)
     await net.assert_silent(client, 0.05)
@@ -469,7 +462,7 @@ async def test_held_output_leaves_the_gateway_idle(start_gateway, upstream, net)
     serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5))
     await net.send(server, b"hello")
-    await _wait_held(serving, 5)
+    await net.wait_held(serving, 5)
     await ctl.sync()
     with trio.fail_after(5):  # a spinning task is never blocked: this would time out
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)

@@ -64,9 +64,7 @@ async def test_guard_takes_a_link_out_of_the_thread_with_exact_offsets(start_gat
     await ctl.send(Guard(), conn_of(1, server), Begin(1, None), Io(1, 1, "out", out, out + 6))
     await ctl.sync()
     await net.send(server, b"SECRET")
-    with trio.fail_after(5):
-        while serving.gateway.stats.bytes_held < 6:
-            await trio.sleep(0.005)
+    await net.wait_held(serving, 6)
     await net.assert_silent(client)
     await net.send(client, b"more")  # input is never held
     assert await net.recv_exactly(server, 4) == b"more"
@@ -90,9 +88,7 @@ async def test_a_transaction_on_an_unguarded_link_takes_it_out_of_the_thread(
     await ctl.send(conn_of(1, server), Begin(1, None), Io(1, 1, "out", 5, 11))
     await ctl.sync()
     await net.send(server, b"world!")
-    with trio.fail_after(5):
-        while serving.gateway.stats.bytes_held < 6:
-            await trio.sleep(0.005)
+    await net.wait_held(serving, 6)
     await net.assert_silent(client)
     await ctl.send(Commit(1))
     assert await net.recv_exactly(client, 6) == b"world!"
@@ -166,9 +162,7 @@ async def test_guard_while_the_thread_streams_keeps_every_byte_in_order(start_ga
         await ctl.send(Guard(), conn_of(1, server))
         await ctl.sync()
         held = serving.gateway.stats.bytes_held
-        with trio.fail_after(5):
-            while serving.gateway.stats.bytes_held < held + 64 * 1024:  # the stream goes on
-                await trio.sleep(0.005)
+        await net.wait_held(serving, held + 64 * 1024)  # the stream goes on
         stop.set()
     await ctl.send(Release(1, written - 10))
     await read(written - 10)

@@ -175,7 +175,9 @@ class Healer:
             script = await _frida(pid, lambda: session.create_script(agent_source(), name="sead"))
             script.on("message", lambda m, d: self._on_message(pid, m, d))
             await _frida(pid, script.load)
-            info = await _frida(pid, lambda: script.exports_sync.init(self.config))
+            # Forked children inherit the parent's hooks: "hooks" in healer/agent/70_coverage.js.
+            config = dict(self.config, hooks="interceptor" if self.follow_children else "stubs")
+            info = await _frida(pid, lambda: script.exports_sync.init(config))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_quiet(session.detach))

@@ -80,6 +80,40 @@ const Sead = (() => {
     return plugins.some(p => typeof p[name] === 'function');
   }
 
+  // Zeroed memory the agent never frees, for what must outlive its unload: code and records a
+  // thread still inside a hooked call returns through after a detach (70_coverage.js). Only the
+  // pages a thread touches are backed (MAP_NORESERVE). `exec` makes it writable code; `near`, a
+  // module, puts it within a rel32 jump of all of it (tried below the module, then above).
+  let mmap = null;
+  let munmap = null;
+  function permanent(size, exec, near) {
+    if (mmap === null) {
+      mmap = new NativeFunction(Module.getGlobalExportByName('mmap'), 'pointer',
+        ['pointer', 'size_t', 'int', 'int', 'int', 'int64']);
+      munmap = new NativeFunction(Module.getGlobalExportByName('munmap'), 'int', ['pointer', 'size_t']);
+    }
+    const PROT_RW = 3, PROT_EXEC = 4, MAP_PRIVATE_ANON_NORESERVE = 0x02 | 0x20 | 0x4000;
+    const MAP_FIXED_NOREPLACE = 0x100000;
+    const prot = PROT_RW | (exec ? PROT_EXEC : 0);
+    const failed = p => p.equals(ptr(-1));
+    if (near === undefined) {
+      const p = mmap(ptr(0), size, prot, MAP_PRIVATE_ANON_NORESERVE, -1, 0);
+      if (failed(p)) throw new Error(`mmap of ${size} bytes failed: the target is out of memory`);
+      return p;
+    }
+    const step = 16 * 1024 * 1024;
+    const lo = near.base.and(ptr(-4096));
+    const hi = near.base.add(near.size).add(4095).and(ptr(-4096));
+    for (let k = 1; k <= 64; k++) {
+      for (const hint of [lo.sub(size + k * step), hi.add(k * step)]) {
+        const p = mmap(hint, size, prot, MAP_PRIVATE_ANON_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+        if (!failed(p) && p.equals(hint)) return p;
+        if (!failed(p)) munmap(p, size); // a kernel before 4.17 took the flag for a hint
+      }
+    }
+    throw new Error(`no free ${size} bytes within 1 GiB of ${near.name}: its functions cannot be hooked`);
+  }
+
   return {
     config: null,
     wantCalls: false,
@@ -92,6 +126,7 @@ const Sead = (() => {
     each,
     first,
     hasHook,
+    permanent,
     log(level, event, fields) { emit('log', Object.assign({ level, event }, fields)); },
   };
 })();

@@ -243,7 +243,7 @@ const _memlogModule = (function () {
   // registers, flags, fxsave and the AVX upper halves) to find the block. Frida's default is 2
   // entries a site, fewer than the targets of Apache's returns (apr_palloc's, called from dozens
   // of sites) and hook dispatch (ap_run_*): 32 took 5 % of Apache's CPU under COSAK (most of the
-  // switches left were excluded calls: skipInterceptorThunks). Gum's `ic-entries`
+  // switches left were excluded calls: skipHookCode). Gum's `ic-entries`
   // (2..32) is a construct-only property not exposed to JavaScript, so the field is set in the JS
   // runtime's GumStalker before any thread is followed (every site is then emitted with, and
   // backpatched against, the same count). 32 is the property's own maximum: a block's data must
@@ -288,31 +288,40 @@ const _memlogModule = (function () {
     return found.length === 1 ? found[0].sub(TRUST_AT) : null;
   }
 
-  // Interceptor's enter and leave thunks (Sead.coverage.thunks()) run translated on a followed
-  // thread, twice a supervised call, and store only into their own frame below the caller's sp
-  // (the saved CPU context), dead when they return: the transform leaves them uninstrumented, like
-  // Frida's own code (each of their stores cost a gated call of memlog_store that skipped it).
-  // Their calls of Frida's own begin/end_invocation run natively (memlog.c's frida_callee). Their
-  // extent: up to the first `ret` or `jmp` past every forward conditional jump (the enter thunk
-  // has two epilogues). A range is only taken when it ends so within 512 bytes and calls into
-  // Frida's code (another Frida's thunks stay instrumented: code wrongly taken for a thunk would
-  // go unlogged). Looked up at each first follow of a thread until found (the hooks and their
-  // trampolines exist by then); without the core's coverage (tests/memlog's stand-in core) they
-  // stay instrumented.
+  // The hooks' own code runs translated on a followed thread but stores only into its own frame
+  // below the caller's sp (saved registers, dead when it returns) and into the agent's records:
+  // the transform leaves it uninstrumented, like Frida's own code, and its calls of code in these
+  // ranges run natively (memlog.c's frida_callee). Two kinds: the per-function entry and exit
+  // stubs of the covered functions (Sead.stubs.range(), twice a hooked call), and Interceptor's
+  // enter and leave thunks of the input and I/O calls (Sead.coverage.thunks()), whose extent is
+  // up to the first `ret` or `jmp` past every forward conditional jump (the enter thunk has two
+  // epilogues). A thunk is only taken when it ends so within 512 bytes and calls into Frida's code
+  // (another Frida's thunks stay instrumented: code wrongly taken for a thunk would go unlogged).
+  // Looked up at each first follow of a thread until found (the hooks exist by then); without the
+  // core's coverage (tests/memlog's stand-in core) they stay instrumented.
   const thunks = [];           // {start, size} of each thunk left uninstrumented
+  let stubs = null;            // the stubs' {base, size}, once registered
 
-  function skipInterceptorThunks() {
-    if (thunks.length !== 0 || Sead.coverage === undefined) return;
+  function skipHookCode() {
+    if (Sead.coverage === undefined) return;
     let n = fridaRanges().length;
+    if (stubs === null && Sead.stubs.range() !== null && n < MAX_FRIDA_RANGES) {
+      stubs = Sead.stubs.range();
+      addFridaRange(n++, stubs.base, stubs.base.add(stubs.size));
+    }
+    if (thunks.length !== 0) return;
     for (const start of Sead.coverage.thunks()) {
       const end = thunkEnd(start);
       if (end === null) continue;
       if (n === MAX_FRIDA_RANGES) return;
-      fridaCode.add(16 * n + 8).writePointer(end);  // the end first: the transform may be reading
-      fridaCode.add(16 * n).writePointer(start);
-      n++;
+      addFridaRange(n++, start, end);
       thunks.push({ start: start.toString(), size: end.sub(start).toUInt32() });
     }
+  }
+
+  function addFridaRange(i, start, end) {
+    fridaCode.add(16 * i + 8).writePointer(end);  // the end first: the transform may be reading
+    fridaCode.add(16 * i).writePointer(start);
   }
 
   // The end of the thunk at `start`, or null unless it ends within 512 bytes and calls Frida.
@@ -429,7 +438,7 @@ const _memlogModule = (function () {
     st = { threadId, log, buf };
     if (cm._register(log) !== 0) throw new Error(`memlog: more than ${MAX_THREADS} threads`);
     threads.set(threadId, st);
-    skipInterceptorThunks();
+    skipHookCode();
     follow(st);
     return st;
   }
@@ -483,7 +492,7 @@ const _memlogModule = (function () {
     const counters = ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored',
       'unsupported', 'blocks', 'blocksExcluded', 'nativeCalls', 'fridaCalls'];
     const out = { threads: threads.size, refollows, rollback: config.rollback !== false,
-      fridaPatches, readOnly, interceptorThunks: thunks };
+      fridaPatches, readOnly, interceptorThunks: thunks, stubs: stubs === null ? null : stubs.size };
     for (const k of counters) out[k] = 0;
     for (const st of threads.values()) {
       for (const k of counters) {

@@ -193,7 +193,7 @@
   }
 
   // The return address the function would return to now: the slot at the entry sp, unless it
-  // still holds Frida's on-leave trampoline (which stands for the saved return address).
+  // still holds the function's exit stub (which stands for the saved return address).
   function currentReturnAddress(tx) {
     const slot = tx.entrySp.readPointer();
     const trampoline = Sead.txn && Sead.txn.leaveTrampoline ? Sead.txn.leaveTrampoline(tx) : null;

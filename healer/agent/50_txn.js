@@ -8,13 +8,14 @@ Sead.txn = (() => {
   // Layouts mirrored from txn.c.
   const F = { id: 0, fn: 8, sp: 16, ret: 24, regs: 32, args: 80, start: 128, depth: 136, state: 144,
     inject: 152, size: 160 };
-  const T = { tid: 0, inputDepth: 8, n: 16, frames: 32 };
+  const T = { tid: 0, inputDepth: 8, n: 16, key: 24, frames: 32, nCalls: 10272, calls: 10304 };
+  const CALL_SIZE = 32;       // txn.c's Call
+  const THREAD_STRIDE = 65536;
   const C = { mode: 0, cosak: 8, nextId: 16, jsTx: 24, injectThreshold: 32, rng: 40, supervised: 48,
     calls: 56, stale: 64, overflow: 72, jsCalls: 80, jsInput: 88, enabled: 96, shadow: 104,
     nNative: 112, size: 120 };
   const MAX_NATIVE_HOOKS = 8;
   const MAX_THREADS = 256;
-  const THREAD_SIZE = T.frames + 64 * F.size;
   const REGS = ['rbx', 'rbp', 'r12', 'r13', 'r14', 'r15'];
   const ST_HEALED = 1;
   // Frame.inject in txn.c: why the epilogue aborts the transaction.
@@ -23,7 +24,8 @@ Sead.txn = (() => {
 
   const cfg = Memory.alloc(C.size);
   const nativeHooks = Memory.alloc(MAX_NATIVE_HOOKS * 16);
-  const threads = Memory.alloc(MAX_THREADS * THREAD_SIZE);
+  // Thread slots: read by the exit stubs after a detach too (70_coverage.js), so never freed.
+  const threads = Sead.permanent(MAX_THREADS * THREAD_STRIDE, false);
   const stacks = new Map(); // threadId -> [tx] while plugins want JS transaction hooks
   const stats = { heals: 0, refusals: 0, injected: 0, leaveAborts: 0, unsupervisedFaults: 0 };
   let cm = null;
@@ -242,8 +244,8 @@ Sead.txn = (() => {
   const callbacks = {
     js_begin: new NativeCallback(f => { onBegin(f); }, 'void', ['pointer']),
     js_leave: new NativeCallback((f, r, out) => onLeave(f, r, out), 'uint64', ['pointer', 'pointer', 'pointer']),
-    js_call: new NativeCallback((info, tid, cpu, sp) => {
-      Sead.each('onCall', Sead.coverage.byInfo(info), tid.toNumber(), argsOf(cpu), sp);
+    js_call: new NativeCallback((info, tid, regs, sp) => {
+      Sead.each('onCall', Sead.coverage.byInfo(info), tid.toNumber(), argsOf(regs), sp);
     }, 'void', ['pointer', 'uint64', 'pointer', 'pointer']),
     js_return: new NativeCallback((info, tid, retval) => {
       Sead.each('onReturn', Sead.coverage.byInfo(info), tid.toNumber(), retval);
@@ -253,14 +255,16 @@ Sead.txn = (() => {
     }, 'void', ['uint64', 'uint64', 'int64']),
   };
 
-  // GumCpuContext on x86-64: rip r15 r14 r13 r12 r11 r10 r9 r8 rdi rsi rbp rsp rbx rdx rcx rax.
-  const ARG_OFFSETS = [72, 80, 112, 120, 64, 56]; // rdi rsi rdx rcx r8 r9
-  function argsOf(cpu) {
-    return ARG_OFFSETS.map(o => cpu.add(o).readPointer());
+  // txn.c's Regs (what an entry stub saved): xmm0-15, r15 r14 r13 r12 r11 r10 rbp rbx r9 r8 rcx
+  // rdx rsi rdi rax, the stub's return, the caller's r11, the caller's return.
+  const ARG_OFFSETS = [360, 352, 344, 336, 328, 320]; // rdi rsi rdx rcx r8 r9
+  function argsOf(regs) {
+    return ARG_OFFSETS.map(o => regs.add(o).readPointer());
   }
 
   function init(config) {
-    const symbols = Object.assign({ cfg, threads, native_hooks: nativeHooks }, callbacks);
+    const symbols = Object.assign({ cfg, threads, native_hooks: nativeHooks,
+      gettid: Module.getGlobalExportByName('gettid') }, callbacks);
     cm = new CModule(CSOURCE['txn.c'], symbols);
     threadOf = new NativeFunction(cm.sead_thread, 'pointer', ['uint64', 'int']);
     currentThread = new NativeFunction(cm.sead_current_thread, 'pointer', ['uint64']);
@@ -318,6 +322,8 @@ Sead.txn = (() => {
 
   return { init, configure, setMode, setEnabled, setInject, addNativeHooks, current, root,
     leaveTrampoline, healFault,
-    status, module: () => cm, listener: () => ({ onEnter: cm.on_enter, onLeave: cm.on_leave }),
+    status, module: () => cm, threads, THREAD: T, CALL_SIZE, THREAD_STRIDE, MAX_THREADS,
+    enterLeave: () => ({ enter: cm.sead_enter, leave: cm.sead_leave }),
+    listener: () => ({ onEnter: cm.on_enter, onLeave: cm.on_leave }),
     inputListener: () => ({ onEnter: cm.on_input_enter, onLeave: cm.on_input_leave }), FN_INFO_SIZE: 48 };
 })();

@@ -31,6 +31,13 @@ Sead.detectors = (() => {
 
   function onException(d) {
     stats.faults++;
+    if (Sead.stubs.contains(d.address)) {
+      // An exit stub found no record of its call (the records were corrupted): nothing to resume.
+      Sead.emit('fault', { kind: 'hook-records-lost', address: String(d.address), thread: Process.getCurrentThreadId(),
+        detail: 'a hooked call returned with no record of where to: not healed' });
+      Sead.flush();
+      return false;
+    }
     const fault = classify(d);
     const healed = Sead.txn.healFault(Process.getCurrentThreadId(), d.context, fault);
     if (healed) stats.healed++;

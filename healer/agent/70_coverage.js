@@ -1,5 +1,5 @@
 // Supervision coverage (STEM section 3.2): which functions run as transactions. Function discovery
-// (main executable's symbol table, exports and imports), hooking with the C listeners of txn.c, and
+// (main executable's symbol table, exports and imports), hooking through the stubs of 65_stubs.js, and
 // the policies NONE, ALL, RANDOM:PCT, COSAK:DEPTH and LIST. The per-call decision is taken at
 // analysis time in txn.c (mode + per-function flag + COSAK depth), so a reload changes it while the
 // server runs; RANDOM and LIST hook only the functions they pick, ALL and COSAK hook every function.
@@ -29,7 +29,8 @@ Sead.coverage = (() => {
       byName.set(name, byAddr.get(key));
       return;
     }
-    const fn = { name, address, size, origin, info: null, listener: null, trampoline: null };
+    const fn = { name, address, size, origin, info: null, hooked: false, stubs: null, listener: null,
+      trampoline: null };
     fns.push(fn);
     byAddr.set(key, fn);
     byName.set(name, fn);
@@ -118,6 +119,7 @@ Sead.coverage = (() => {
       }
     }
     infos = Memory.alloc(Sead.txn.FN_INFO_SIZE * (fns.length + 256));
+    if (!viaInterceptor) Sead.stubs.init(fns.length + 256);
     fns.forEach((fn, i) => attachInfo(fn, i));
     markForkers();
   }
@@ -146,9 +148,9 @@ Sead.coverage = (() => {
     return fn;
   }
 
-  // Frida's on-leave trampoline of a hooked function: resuming there (instead of at the return
-  // address) lets Frida pop its invocation entry. Decoded from the patched prologue: it jumps to the
-  // on-enter trampoline `push [rip+d]; jmp thunk`; the on-leave one pushes the same slot.
+  // Frida's on-leave trampoline of a function hooked with Interceptor.attach.
+  // Decoded from the patched prologue: it jumps to the on-enter trampoline `push [rip+d]; jmp
+  // thunk`; the on-leave one pushes the same slot.
   function findTrampoline(address) {
     const enter = jumpTarget(address);
     if (enter === null || !isPushRip(enter)) return null;
@@ -170,19 +172,29 @@ Sead.coverage = (() => {
       : op.type === 'mem' && op.value.base === 'rip' ? j.next.add(op.value.disp).readPointer() : null;
   }
 
-  // Interceptor's enter and leave thunks, shared by every hooked function (each trampoline is
-  // `push [rip+d]; jmp thunk`); [] while no hooked function's trampolines are known.
+  // Interceptor's enter and leave thunks, shared by every function hooked with
+  // Interceptor.attach (the input calls here, the wire's I/O calls): each trampoline is
+  // `push [rip+d]; jmp thunk`. [] while no input call is hooked.
   function thunks() {
-    for (const fn of fns) {
-      if (fn.listener === null || fn.trampoline === null) continue;
-      const found = [jumpTarget(jumpTarget(fn.address).add(6)), jumpTarget(fn.trampoline.add(6))];
-      return found.filter(t => t !== null);
+    for (const address of inputAddresses) {
+      const leave = findTrampoline(address);
+      if (leave === null) continue;
+      return [jumpTarget(jumpTarget(address).add(6)), jumpTarget(leave.add(6))].filter(t => t !== null);
     }
     return [];
   }
 
+  // How covered functions are hooked (config.hooks, chosen by the host): 'stubs', each function's
+  // own entry/exit stubs (65_stubs.js), or 'interceptor', Interceptor.attach with txn.c's C
+  // listener, for processes whose forked children are instrumented too (healer --follow-children).
+  // Measured with tests/healer/test_lifecycle.py's forking server (a worker forks a child per
+  // connection, each gated and instrumented): with the stubs, a child crashed inside Frida's
+  // child gating in 1 to 5 runs of 16-20 (with replaceFast hooks, and with only the stubs' memory
+  // mapped); with Interceptor.attach and no stubs, 0 of 56.
+  let viaInterceptor = false;
+
   function hook(fn) {
-    if (fn.listener !== null) return true;
+    if (fn.hooked) return true;
     if (fn.forks) return false; // listed as unhookable by markForkers()
     if (fn.size !== 0 && fn.size < MIN_HOOK_SIZE) {
       note(fn, `${fn.size} bytes: too small for a 5-byte jump`);
@@ -194,36 +206,59 @@ Sead.coverage = (() => {
       note(fn, 'a jump thunk: hooking it would hook its target for every caller');
       return false;
     }
+    if (viaInterceptor) return attach(fn);
+    if (fn.stubs === null) {
+      fn.stubs = Sead.stubs.make(fn.info);
+      fn.trampoline = fn.stubs.leave;
+      fn.info.add(INFO.trampoline).writePointer(fn.trampoline);
+    }
+    try {
+      Sead.stubs.hook(fn.address, fn.size, fn.stubs);
+    } catch (e) {
+      note(fn, e.message);
+      return false;
+    }
+    fn.hooked = true;
+    return true;
+  }
+
+  // The trampoline (Frida's on-leave one) is learnt after the flush: learnTrampolines().
+  function attach(fn) {
     try {
       fn.listener = Interceptor.attach(fn.address, Sead.txn.listener(), fn.info);
     } catch (e) {
       note(fn, e.message);
       return false;
     }
-    fn.pendingTrampoline = true;
+    fn.hooked = true;
     return true;
+  }
+
+  function learnTrampolines() {
+    Interceptor.flush();
+    for (const fn of fns) {
+      if (fn.listener === null || fn.trampoline !== null) continue;
+      fn.trampoline = findTrampoline(fn.address);
+      if (fn.trampoline !== null) fn.info.add(INFO.trampoline).writePointer(fn.trampoline);
+    }
   }
 
   function note(fn, reason) {
     if (!unhookable.some(u => u.name === fn.name)) unhookable.push({ name: fn.name, reason });
   }
 
+  // A thread inside the function keeps returning through its exit stub, which stays.
   function unhook(fn) {
-    if (fn.listener === null) return;
-    fn.listener.detach();
-    fn.listener = null;
-    fn.trampoline = null;
-    fn.info.add(INFO.trampoline).writeU64(0);
-  }
-
-  function learnTrampolines() {
-    Interceptor.flush();
-    for (const fn of fns) {
-      if (!fn.pendingTrampoline) continue;
-      fn.pendingTrampoline = false;
-      fn.trampoline = findTrampoline(fn.address);
-      if (fn.trampoline !== null) fn.info.add(INFO.trampoline).writeU64(uint64(fn.trampoline.toString()));
+    if (!fn.hooked) return;
+    if (fn.listener !== null) {
+      fn.listener.detach();
+      fn.listener = null;
+      fn.trampoline = null;
+      fn.info.add(INFO.trampoline).writeU64(0);
+    } else {
+      Sead.stubs.unhook(fn.address, fn.stubs);
     }
+    fn.hooked = false;
   }
 
   // Parse and check a coverage spec {mode, percent, depth, functions} before anything changes, so
@@ -280,33 +315,39 @@ Sead.coverage = (() => {
   }
 
   const inputListeners = [];
+  const inputAddresses = [];
 
   function installInputHooks() {
     const libc = Process.getModuleByName('libc.so.6');
     for (const name of INPUT_CALLS) {
       const a = libc.findExportByName(name);
-      if (a !== null) inputListeners.push(Interceptor.attach(a, Sead.txn.inputListener()));
+      if (a === null) continue;
+      inputListeners.push(Interceptor.attach(a, Sead.txn.inputListener()));
+      inputAddresses.push(a);
     }
   }
 
   function unhookAll() {
     for (const f of fns) unhook(f);
     for (const l of inputListeners.splice(0)) l.detach();
+    inputAddresses.length = 0;
     Interceptor.flush();
   }
 
   function init(config) {
+    viaInterceptor = config.hooks === 'interceptor';
     discover();
     installInputHooks();
     apply(config.coverage || { mode: 'none' });
   }
 
   function status() {
-    const hooked = fns.filter(f => f.listener !== null);
+    const hooked = fns.filter(f => f.hooked);
     return { mode: spec.mode, depth: spec.depth, percent: spec.percent,
+      hooks: viaInterceptor ? 'interceptor' : 'stubs',
       discovered: fns.filter(f => f.origin === 'symbol' || f.origin === 'export').length,
       imports: fns.filter(f => f.origin === 'import').length,
-      hooked: hooked.length, noTrampoline: hooked.filter(f => f.trampoline === null).map(f => f.name),
+      hooked: hooked.length,
       unhookable: unhookable.slice(),
       calls: hooked.map(f => [f.name, f.info.add(INFO.calls).readU64().toNumber()]).filter(c => c[1] > 0) };
   }
@@ -314,5 +355,5 @@ Sead.coverage = (() => {
   return { init, apply, check, supervise, ensureHooked, status, resolve, unhookAll, thunks,
     byInfo: p => byInfoKey.get(p.toString()) || { name: String(p), address: p },
     functions: () => fns.map(f => ({ name: f.name, address: f.address.toString(), size: f.size, origin: f.origin,
-      hooked: f.listener !== null })) };
+      hooked: f.hooked })) };
 })();

@@ -69,6 +69,7 @@ class Agent {
     Sead.txn.setEnabled(false);
     Sead.each('beforeUnhook'); // memlog: no thread runs Stalker's copies of hooked code any more
     Sead.coverage.unhookAll();
+    Sead.stubs.retire(); // calls still open return through exit stubs that no longer need txn.c
     Interceptor.detachAll(); // the plugins' hooks too: a JS onLeave would wait for the unload
     Sead.each('onDetach'); // no hook can run any more: the wire tells the gateway (UNGUARD)
     Sead.detectors.revert();

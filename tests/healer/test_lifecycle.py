@@ -9,6 +9,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from targets import build
 
 
@@ -18,10 +20,12 @@ def _status(healer, pid: int) -> dict:
     return json.loads(done.stdout)["agents"][str(pid)]
 
 
-def test_attach_heal_detach_server_keeps_serving(fig1_exes, start_server, start_healer):
+@pytest.mark.parametrize("plugins", [("--disable-plugin", "memlog"), ()], ids=["core", "full"])
+def test_attach_heal_detach_server_keeps_serving(fig1_exes, start_server, start_healer, plugins):
+    """The client's serve() call was entered while hooked: after the detach it returns through its
+    exit stub (65_stubs.js), whose records outlive the agent, and the server goes on."""
     server = start_server(fig1_exes[("-O2", True)])
-    healer = start_healer("attach", str(server.pid), "--coverage", "all",
-                          "--disable-plugin", "memlog").ready()
+    healer = start_healer("attach", str(server.pid), "--coverage", "all", *plugins).ready()
     client = server.connect()
     assert client.ask("BAR " + "A" * 100) == "RET -1 1"
     done = healer.cli("detach", str(server.pid))
@@ -33,6 +37,31 @@ def test_attach_heal_detach_server_keeps_serving(fig1_exes, start_server, start_
     client.close()  # the server serves one client at a time
     fresh = server.connect()
     assert fresh.ask("BAR hi") == "RET 0 50"
+    assert server.alive()
+
+
+@pytest.mark.parametrize("plugins", [("--disable-plugin", "memlog"), ()], ids=["core", "full"])
+def test_healer_killed_with_a_call_open_the_server_keeps_serving(fig1_exes, start_server,
+                                                                  start_healer, plugins):
+    """No prepareDetach: Frida unloads the agent when its host dies, txn.c goes with it, and the
+    client's serve() call, entered while hooked, later returns through its exit stub, which must
+    not call into the freed code (65_stubs.js retires at the unload)."""
+    server = start_server(fig1_exes[("-O2", True)])
+    healer = start_healer("attach", str(server.pid), "--coverage", "all", *plugins).ready()
+    client = server.connect()
+    assert client.ask("BAR " + "A" * 100) == "RET -1 1"
+    healer.proc.kill()
+    healer.proc.wait(10)
+    # Frida unloads once the thread leaves the read() it is blocked in (a hook of the wire's)
+    assert client.ask("PING") == "PONG 2"
+    deadline = time.monotonic() + 20  # the agent is gone with Frida's threads (fig1 has one)
+    while len(os.listdir(f"/proc/{server.pid}/task")) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.listdir(f"/proc/{server.pid}/task") == [str(server.pid)], "the agent never unloaded"
+    assert client.ask("PING") == "PONG 3"
+    client.close()  # serve() returns through its exit stub
+    fresh = server.connect()
+    assert fresh.ask("PING") == "PONG 4"
     assert server.alive()
 
 

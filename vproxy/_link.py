@@ -214,7 +214,7 @@ class Link:
         stats.bytes_held += n
         self.kick()  # commits often precede the bytes; arms the writer for what stays held
         stats.trim()
-        if len(hold.buf) <= self.gateway.config.hold_bytes:
+        if hold.size <= self.gateway.config.hold_bytes:
             return False
         self._wake_writer()  # the writer applies the bound
         return True
@@ -286,7 +286,7 @@ class Link:
         async with lock:  # (unless the writer sent it already)
             await self._send_unheld(peer)
         while not ended:
-            while self.hold is not None and len(self.hold.buf) > limit:
+            while self.hold is not None and self.hold.size > limit:
                 self._drained = trio.Event()
                 await self._drained.wait()
             if first:  # read by the relay thread, not sent
@@ -316,7 +316,7 @@ class Link:
             self.out_offset += n
             stats.bytes_held += n
             await self._flush(peer, hold, now)  # commits often precede the bytes: no wake-up
-            if hold.buf:
+            if hold.size:
                 self._arm()
         self.output_ended()
 
@@ -339,7 +339,7 @@ class Link:
         hold, peer = self.hold, self._peer
         if self._closing:
             return
-        if hold is not None and not hold.buf and not hold.marks and not self._backlog \
+        if hold is not None and not hold.size and not hold.marks and not self._backlog \
                 and not self._unheld:
             return  # nothing arrived to release (events usually precede their bytes)
         if hold is None or peer is None or self._backlog or self._unheld \
@@ -364,7 +364,7 @@ class Link:
                 break
         if self._backlog or self._server_eof:  # (the writer passes the EOF on)
             self._wake_writer()
-        elif hold.buf:
+        elif hold.size:
             self._arm()
 
     def _hold_deadline(self) -> float:
@@ -496,7 +496,7 @@ class Link:
                 items = self._pump(hold, now)
             if self._closing:
                 return
-            if hold.buf and (len(hold.buf) > config.hold_bytes or
+            if hold.size and (hold.size > config.hold_bytes or
                              now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
                 await self._bound(peer, hold, now)
         finally:
@@ -548,15 +548,15 @@ class Link:
     async def _bound(self, peer: socket.socket, hold: OutHold, now: float) -> None:
         config, stats = self.gateway.config, self.gateway.stats
         stats.bounds_fired += 1
-        why = "hold-bytes" if len(hold.buf) > config.hold_bytes else "hold-ms"
+        why = "hold-bytes" if hold.size > config.hold_bytes else "hold-ms"
         self.log.warning("hold bound reached", bound=why, policy=config.on_bound,
-                         start=hold.base, end=hold.end, held_bytes=len(hold.buf),
+                         start=hold.base, end=hold.end, held_bytes=hold.size,
                          held_ms=round((now - (hold.held_since or now)) * 1000, 1),
                          hold_bytes=config.hold_bytes, hold_ms=config.hold_ms)
         if config.on_bound == "close":
             self._close(peer)
             return
-        data = bytes(hold.buf)
+        data = hold.data()
         resolved = hold.force(now, stats.hold_times, release=config.on_bound == "release")
         if config.on_bound == "release":
             stats.bytes_released += resolved

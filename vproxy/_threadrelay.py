@@ -123,16 +123,19 @@ class ThreadRelay(FastRelay):
     def _main(self) -> None:
         epoll, view, lock, timers, now = self._epoll, memoryview(self._buf), self.turns.lock, \
             self._timers, self.turns.now
-        timeout = _POLL_TIMEOUT
+        timeout: float = _POLL_TIMEOUT
         try:
             while not self._stopping:
                 ready = epoll.poll(timeout, _EVENTS)
                 with lock:
                     self._serve(ready, view)
-                    while timers and timers[0][0] <= now():
-                        heapq.heappop(timers)[2].hold_due()
-                    timeout = max(0.0, min(_POLL_TIMEOUT, timers[0][0] - now())) if timers \
-                        else _POLL_TIMEOUT
+                    timeout = _POLL_TIMEOUT
+                    if timers:  # (the clock is read once a round, and only then)
+                        t = now()
+                        while timers and timers[0][0] <= t:
+                            heapq.heappop(timers)[2].hold_due()
+                        if timers:
+                            timeout = max(0.0, min(timeout, timers[0][0] - t))
         except BaseException as exc:  # reaches trio as RelayThreadError (``run``)
             log.exception("relay thread failed")
             self._error = exc

@@ -56,11 +56,12 @@ OUTPUT: Final = 1  # the server's output
 
 
 class Handover:
-    """Why a link left the fast path and what it leaves to the task path.
+    """Why a link left the relay loop and what it leaves to the task path.
 
     Attributes:
-        reason: ``done`` (both directions ended), ``guard``/``hold`` (output must be held from
-            now on) or ``error``.
+        reason: ``done`` (both directions ended), ``guard`` (output must be held from now on
+            while unheld output of it still waits for the peer), ``backpressure`` (the hold is
+            over hold-bytes), ``replay``, ``cancelled`` or ``error``.
         unsent: per direction (INPUT, OUTPUT), bytes relayed unheld whose send had not finished:
             the task path sends them first, never holds them. (Output's are handed to the link
             at once, ``Link.unheld_output``: they go out before anything released.)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 
 import trio
@@ -103,6 +104,10 @@ async def _serve_until_signal(config: GatewayConfig) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, config)
+            # Everything loaded so far (the CLI imports every command's modules) lives as long as
+            # the process: out of the collector's sight, a full collection no longer walks it.
+            # Measured on the guarded wget crawl, the collector was ~5 % of the gateway's CPU.
+            gc.freeze()
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break

@@ -21,6 +21,7 @@ from vproxy._session import ControlSession
 
 if TYPE_CHECKING:
     from vproxy._gateway import Gateway
+    from vproxy._threadrelay import ThreadRelay
 
 log = structlog.get_logger("vproxy.control")
 
@@ -81,7 +82,7 @@ def open_control(path: str, user: str | None) -> tuple[socket.socket, str]:
 
 async def serve_control(gateway: Gateway, sock: socket.socket, token: str) -> None:
     """Accept control connections forever, one task each (their lines are read and applied by
-    the gateway's relay loop, ``_Channel``; the task sends answers and cleans up)."""
+    the gateway's relay thread, ``_Channel``; the task sends answers and cleans up)."""
     async with trio.open_nursery() as nursery:
         while True:
             try:
@@ -98,23 +99,25 @@ async def serve_control(gateway: Gateway, sock: socket.socket, token: str) -> No
 
 
 class _Channel:
-    """One control connection as the relay loop serves it: ``readable`` reads once and applies the
-    lines (a read of at most ``_READ`` bytes, so a long batch of lines is applied in slices with
-    the traffic served in between: one 64 KiB read of events stalled traffic for ~40 ms); answers
-    and the end are left to the connection's task (``wake``)."""
+    """One control connection as the relay thread serves it: ``readable`` reads once and applies
+    the lines (a read of at most ``_READ`` bytes, so a long batch of lines is applied in slices
+    with the traffic served in between: one 64 KiB read of events stalled traffic for ~40 ms);
+    answers and the end are left to the connection's task in trio (``wake``)."""
 
-    __slots__ = ("answers", "ended", "session", "sock", "wake")
+    __slots__ = ("answers", "ended", "relay", "session", "sock", "wake")
 
-    def __init__(self, sock: socket.socket, session: ControlSession) -> None:
+    def __init__(self, sock: socket.socket, session: ControlSession, relay: ThreadRelay) -> None:
         self.sock = sock
         self.session = session
+        self.relay = relay
         self.answers = bytearray()  # to send, in order
         self.ended = False
         self.wake = trio.Event()
 
+    def _wake_task(self) -> None:
+        self.wake.set()  # (the task replaces ``wake`` each time it woke)
+
     def readable(self) -> None:
-        if self.ended:  # (an EOF stays readable until the task stops the watch)
-            return
         try:
             data = self.sock.recv(_READ)
         except BlockingIOError:
@@ -129,16 +132,17 @@ class _Channel:
             data = b""
         if not data or self.session.closed:
             self.ended = True
-            self.wake.set()
+            self.relay.unwatch(self.sock)  # now: an EOF would be reported again and again
+            self.relay.turns.soon(self._wake_task)
         elif self.answers:
-            self.wake.set()
+            self.relay.turns.soon(self._wake_task)
 
 
 async def _session(gateway: Gateway, conn: socket.socket, token: str) -> None:
-    channel = _Channel(conn, ControlSession(gateway, token))
+    channel = _Channel(conn, ControlSession(gateway, token), gateway.relay)
     session = channel.session
     try:
-        gateway.fast.watch(conn, channel.readable)
+        gateway.relay.watch(conn, channel.readable)
         try:
             while True:
                 await channel.wake.wait()
@@ -150,7 +154,7 @@ async def _session(gateway: Gateway, conn: socket.socket, token: str) -> None:
                 if channel.ended:
                     break
         finally:
-            gateway.fast.unwatch(conn)
+            gateway.relay.unwatch(conn)
     except OSError as exc:
         log.info("control connection lost", cause=exc.strerror or str(exc))
     finally:

@@ -1,16 +1,13 @@
-"""Relaying on one private epoll set served by one trio task: links whose output is or may be held,
-the control connections, and the relay loop the pass-through thread (``_threadrelay``) reuses.
-
-Links that hold nothing, while the gateway is not guarded, are relayed by ``ThreadRelay`` (this
-class run in its own OS thread, see ``vproxy/_threadrelay.py``); they come here when output must be
-held. What follows is why this loop looks as it does.
+"""The relay loop: one level-triggered epoll set for every link and control connection, served by
+the relay thread (``vproxy/_threadrelay.py``, which runs it under the lock it shares with trio,
+``vproxy/_turns.py``). What follows is why this loop looks as it does.
 
 Measured (bench/proxy.py): the kernel time of relaying a small keep-alive request was the same
 for haproxy and for the task-per-direction relay (~19 us), but the relay spent ~14 us of Python per
 request against haproxy's ~1.4 us, nearly all of it in trio's per-wake-up path (one-shot epoll
 re-arm, scheduler, task switch) taken twice per request. Here the sockets stay registered
-(level-triggered) in a private epoll whose own fd is the only thing trio waits on: one wake-up
-serves every ready socket, and a message costs its ``recv`` and its ``send``.
+(level-triggered) in a private epoll: one wake-up serves every ready socket, and a message costs
+its ``recv`` and its ``send``.
 
 Backpressure stays here too: when a peer takes only part of a chunk, the rest waits in the
 direction's ``pending`` bytes, the direction stops reading, and the peer's socket is watched for
@@ -47,6 +44,7 @@ from vproxy import _sockio
 
 if TYPE_CHECKING:
     from vproxy._link import Link
+    from vproxy._turns import Turns
 
 _CHUNK: Final = 65536
 _EVENTS: Final = 128
@@ -58,11 +56,12 @@ OUTPUT: Final = 1  # the server's output
 
 
 class Handover:
-    """Why a link left the fast path and what it leaves to the task path.
+    """Why a link left the relay loop and what it leaves to the task path.
 
     Attributes:
-        reason: ``done`` (both directions ended), ``guard``/``hold`` (output must be held from
-            now on) or ``error``.
+        reason: ``done`` (both directions ended), ``guard`` (output must be held from now on
+            while unheld output of it still waits for the peer), ``backpressure`` (the hold is
+            over hold-bytes), ``replay``, ``cancelled`` or ``error``.
         unsent: per direction (INPUT, OUTPUT), bytes relayed unheld whose send had not finished:
             the task path sends them first, never holds them. (Output's are handed to the link
             at once, ``Link.unheld_output``: they go out before anything released.)
@@ -85,11 +84,9 @@ class Handover:
 
 
 class _Side:
-    """One direction of a link: read ``src``, write ``dst``; ``blocked`` bytes wait for ``dst``;
-    ``count``: bytes relayed unheld that the link has not counted yet (relay thread only)."""
+    """One direction of a link: read ``src``, write ``dst``; ``blocked`` bytes wait for ``dst``."""
 
-    __slots__ = ("blocked", "count", "direction", "dst", "dst_fd", "handover", "link", "src",
-                 "src_fd")
+    __slots__ = ("blocked", "direction", "dst", "dst_fd", "handover", "link", "src", "src_fd")
 
     def __init__(self, link: Link, src: socket.socket, dst: socket.socket, direction: int,
                  handover: Handover) -> None:
@@ -97,30 +94,23 @@ class _Side:
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.direction, self.handover = direction, handover
         self.blocked = b""
-        self.count = 0
 
 
 class FastRelay:
-    """The shared pass-through engine of one gateway (see the module docstring)."""
+    """The relay loop of one gateway (see the module docstring); its caller holds ``turns.lock``.
 
-    def __init__(self) -> None:
+    Args:
+        turns: the lock shared with trio, and the way to call into trio.
+    """
+
+    def __init__(self, turns: Turns) -> None:
+        self.turns = turns
         self._epoll = select.epoll()
         self._readers: dict[int, _Side] = {}  # fd -> the direction that reads it
         self._writers: dict[int, _Side] = {}  # fd -> the direction with bytes blocked on it
         self._flags: dict[int, int] = {}  # fd -> what the epoll set watches now
         self._watched: dict[int, Callable[[], None]] = {}  # fd -> called when it is readable
         self._buf = bytearray(_CHUNK)
-        self._woken = trio.Event()
-
-    async def relay(self, link: Link, server: socket.socket, peer: socket.socket,
-                    handover: Handover) -> None:
-        """Relay ``link`` here until it ends or must leave; ``handover`` then says why and how."""
-        self._enter(link, server, peer, handover)
-        self._woken.set()
-        try:
-            await handover.done.wait()
-        finally:
-            self._finish(handover, "cancelled")
 
     def _enter(self, link: Link, server: socket.socket, peer: socket.socket,
                handover: Handover) -> None:
@@ -137,7 +127,6 @@ class FastRelay:
         self._epoll.register(fd, _IN)
         self._watched[fd] = on_readable
         self._flags[fd] = _IN
-        self._woken.set()
 
     def unwatch(self, sock: socket.socket) -> None:
         """Stop watching ``sock`` (a no-op when it is not watched)."""
@@ -186,10 +175,11 @@ class FastRelay:
             self._conclude(handover)
 
     def _conclude(self, handover: Handover) -> None:
-        """Tell the link (trio side): output relayed unheld but unsent goes out first; wake it."""
+        """Tell the link now that output relayed unheld but unsent goes out first (before
+        anything a control event releases next); wake its task (in trio)."""
         if handover.unsent[OUTPUT]:
             handover.sides[OUTPUT].link.unheld_output(handover.unsent[OUTPUT])
-        handover.done.set()
+        self.turns.soon(handover.done.set)
 
     def _detach(self, handover: Handover, reason: str, error: OSError | None) -> bool:
         """Take the link's sockets out of the epoll set and note why; False if it had left."""
@@ -208,18 +198,6 @@ class FastRelay:
                     self._epoll.unregister(fd)
                     del self._flags[fd]
         return True
-
-    async def run(self) -> None:
-        """Serve ready sockets forever (one task per gateway)."""
-        epoll = self._epoll
-        view = memoryview(self._buf)
-        while True:
-            if not self._flags:
-                await self._woken.wait()
-                self._woken = trio.Event()
-                continue
-            await trio.lowlevel.wait_readable(epoll.fileno())
-            self._serve(epoll.poll(0, _EVENTS), view)
 
     def _serve(self, ready: list[tuple[int, int]], view: memoryview) -> None:
         """Act on one ``epoll.poll`` result."""
@@ -257,21 +235,8 @@ class FastRelay:
             self._watch(side.src_fd)
         if side.direction == INPUT:  # (output was counted when read: see ``_move``)
             # last: this may make the link leave (its blocked bytes then go to the task path)
-            self._passed(side, memoryview(data)[:sent])
+            side.link.passed(False, memoryview(data)[:sent])
         return True
-
-    # What differs in the relay thread (``vproxy/_threadrelay.py``): how relayed bytes are counted,
-    # whether output is held, and who learns that the server's output ended.
-
-    def _passed(self, side: _Side, chunk: memoryview) -> None:
-        side.link.passed(side.direction == OUTPUT, chunk)
-
-    def _held(self, side: _Side) -> bool:
-        link = side.link
-        return side.direction == OUTPUT and (link.hold is not None or link.gateway.guarded)
-
-    def _output_ended(self, side: _Side) -> None:
-        side.link.output_ended()
 
     def _unblock(self, side: _Side) -> None:
         data, side.blocked = side.blocked, b""
@@ -289,12 +254,12 @@ class FastRelay:
         except OSError as exc:
             self._finish(handover, "error", exc)
             return
-        held = self._held(side)
+        held = side.direction == OUTPUT and (link.hold is not None or link.gateway.guarded)
         if n == 0:
             del self._readers[side.src_fd]
             self._watch(side.src_fd)
             if side.direction == OUTPUT:
-                self._output_ended(side)
+                link.output_ended()
             if not held:  # (held output: the writer passes the EOF on after it)
                 _sockio.shutdown_write(side.dst)
             handover.ended[side.direction] = True
@@ -308,5 +273,5 @@ class FastRelay:
         if side.direction == OUTPUT:
             # counted now, sent or not: a hold that starts while part of it waits for the peer
             # starts after it (these bytes are the server's output offsets before the hold)
-            self._passed(side, view[:n])
+            link.passed(True, view[:n])
         self._send(side, view[:n])

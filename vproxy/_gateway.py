@@ -15,10 +15,10 @@ import trio
 from vproxy import _sockio
 from vproxy._config import Address, GatewayConfig, Route
 from vproxy._control import ControlSocketError, open_control, serve_control
-from vproxy._fastrelay import FastRelay
 from vproxy._link import Link
 from vproxy._stats import Stats
 from vproxy._threadrelay import ThreadRelay
+from vproxy._turns import Turns
 
 if TYPE_CHECKING:
     from vproxy._session import ControlSession, Key
@@ -59,9 +59,8 @@ class Gateway:
         self._links: dict[Key, Link] = {}
         self._waiting: dict[Key, set[ControlSession]] = {}
         self._numbers = itertools.count(1)
-        self.fast = FastRelay()
-        self.passthrough = ThreadRelay()  # links that hold nothing, while not guarded
-        self.stats.passed_elsewhere = self.passthrough.passed_so_far
+        self.turns = Turns()  # trio and the relay thread take turns on this gateway's state
+        self.relay = ThreadRelay(self.turns)  # every link and control connection
 
     # --- guard ---------------------------------------------------------------------------------
 
@@ -76,8 +75,7 @@ class Gateway:
         if was != self.guarded:
             log.info("guard " + ("on" if self.guarded else "off"), controllers=len(self._guards))
         if self.guarded:
-            self.passthrough.guard_all()
-            self.fast.guard_all()
+            self.relay.guard_all()
         if was and not self.guarded:
             for link in list(self._links.values()):
                 link.unguarded()
@@ -172,21 +170,23 @@ async def serve(config: GatewayConfig, *, reuse_port: bool = False,
             except ControlSocketError as exc:
                 raise GatewayError(str(exc)) from None
         listening = tuple(Address(*s.getsockname()[:2]) for s in socks)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(gateway.fast.run)
-            nursery.start_soon(gateway.passthrough.run)
-            for route, sock in zip(config.routes, socks, strict=True):
-                nursery.start_soon(gateway._serve_route, route, sock)
-            if control is not None:
-                nursery.start_soon(serve_control, gateway, control, token)
-            log.info("gateway listening", routes=[f"{a}->{r.upstream} {r.protocol} {r.side}"
-                                                  for a, r in zip(listening, config.routes,
-                                                                  strict=True)],
-                     control=config.control)
-            task_status.started(Serving(listening, config.control, token, gateway))
+        gateway.turns.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gateway.relay.run)
+                for route, sock in zip(config.routes, socks, strict=True):
+                    nursery.start_soon(gateway._serve_route, route, sock)
+                if control is not None:
+                    nursery.start_soon(serve_control, gateway, control, token)
+                log.info("gateway listening",
+                         routes=[f"{a}->{r.upstream} {r.protocol} {r.side}"
+                                 for a, r in zip(listening, config.routes, strict=True)],
+                         control=config.control)
+                task_status.started(Serving(listening, config.control, token, gateway))
+        finally:  # (the relay thread has ended: ``run`` waits for it)
+            gateway.turns.stop()
     finally:
-        gateway.fast.close()
-        gateway.passthrough.close()
+        gateway.relay.close()
         for sock in socks:
             sock.close()
         if control is not None and config.control is not None:

@@ -56,7 +56,10 @@ class OutHold:
 
     def __init__(self, base: int) -> None:
         self.base = base
-        self.buf = bytearray()
+        self.size = 0  # bytes held from ``base`` on
+        # as received, each its own bytes object: a release that covers whole chunks (a
+        # response read at once, its RELEASE after it) sends them without a copy
+        self._chunks: deque[bytes] = deque()
         self.ranges: list[OutRange] = []
         self.marks: list[Mark] = []
         self.release_wm = base
@@ -66,7 +69,7 @@ class OutHold:
     @property
     def end(self) -> int:
         """Stream offset just past the last byte received from the server."""
-        return self.base + len(self.buf)
+        return self.base + self.size
 
     @property
     def held_since(self) -> float | None:
@@ -75,8 +78,13 @@ class OutHold:
 
     def feed(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Append bytes the server wrote, received at time ``now``."""
-        self.buf += data
-        self._arrivals.append((self.end, now))
+        self._chunks.append(bytes(data))
+        self.size += len(data)
+        self._arrivals.append((self.base + self.size, now))
+
+    def data(self) -> bytes:
+        """Every byte held (a copy)."""
+        return b"".join(self._chunks)
 
     def add_range(self, rng: OutRange) -> tuple[int, int] | None:
         """Register a transaction's output range (any order, before or after its bytes arrive).
@@ -123,7 +131,7 @@ class OutHold:
 
     def pending(self) -> bool:
         """True when bytes, ranges or marks are still waiting."""
-        return bool(self.buf or self.marks or any(r.state == HELD for r in self.ranges))
+        return bool(self.size or self.marks or any(r.state == HELD for r in self.ranges))
 
     def pump(self, now: float, hold_times: list[float]) -> tuple[list[bytes | Mark], int, int]:
         """Resolve what can be resolved from ``base`` on.
@@ -179,20 +187,31 @@ class OutHold:
         return out, released, discarded
 
     def _take(self, spans: list[tuple[int, int]]) -> bytes:
-        """The bytes of ``spans`` (offsets into ``buf``), copied once; ``spans`` is emptied."""
-        with memoryview(self.buf) as view:
-            data = b"".join([view[a:b] for a, b in spans]) if len(spans) > 1 \
-                else view[spans[0][0]:spans[0][1]].tobytes()
+        """The bytes of ``spans`` (offsets from ``base``, in order); ``spans`` is emptied. A span
+        that is exactly one chunk is that chunk, not a copy (measured on the guarded wget crawl,
+        copying each released response out of one buffer was ~5 % of the relay's Python)."""
+        pieces = []
+        chunks = iter(self._chunks)
+        chunk = next(chunks)
+        at = 0  # offset of ``chunk``
+        for a, b in spans:
+            while a < b:
+                while at + len(chunk) <= a:
+                    at += len(chunk)
+                    chunk = next(chunks)
+                lo, hi = a - at, min(b - at, len(chunk))
+                pieces.append(chunk if lo == 0 and hi == len(chunk) else chunk[lo:hi])
+                a = at + hi
         spans.clear()
-        return data
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def force(self, now: float, hold_times: list[float], *, release: bool) -> int:
         """Resolve every byte received so far regardless of ranges (a bound fired).
 
         Returns:
-            the number of bytes resolved; the caller sends ``bytes(buf)`` first when releasing.
+            the number of bytes resolved; the caller sends ``data()`` first when releasing.
         """
-        n = len(self.buf)
+        n = self.size
         self.release_wm = max(self.release_wm, self.end)
         for rng in self.ranges:
             if rng.start < self.end and rng.state == HELD:
@@ -201,12 +220,19 @@ class OutHold:
         return n
 
     def _advance(self, pos: int, now: float, hold_times: list[float]) -> None:
-        del self.buf[: pos - self.base]
+        chunks, drop = self._chunks, pos - self.base
+        self.size -= drop
+        while drop:
+            if len(chunks[0]) <= drop:
+                drop -= len(chunks.popleft())
+            else:
+                chunks[0] = chunks[0][drop:]
+                drop = 0
         self.base = pos
         arrivals = self._arrivals
         while arrivals and arrivals[0][0] <= pos:
             hold_times.append(now - arrivals.popleft()[1])
-        if arrivals and not self.buf:
+        if arrivals and not self.size:
             arrivals.clear()
         ranges, k = self.ranges, 0
         while k < len(ranges) and ranges[k].end <= pos:

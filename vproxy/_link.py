@@ -4,8 +4,12 @@ Directions are named from the protected server's point of view. On a front route
 upstream, so its output is what the gateway reads from the upstream socket; on a back route the
 server is the client that connected to the gateway. Input (towards the server) is always forwarded
 at once: the server must read it to make progress. Output goes straight through until the gateway
-is guarded; from then on it enters an ``OutHold`` and a writer task sends what the control events
-release.
+is guarded; from then on it enters an ``OutHold``, and what the control events release goes out
+from the relay thread at once when the peer takes it, else from the link's writer task.
+
+Most of this runs in the relay thread (``vproxy/_threadrelay.py``) and the rest in trio, never at
+once (``vproxy/_turns.py``): methods called from the relay loop or a control session do their work
+in place and leave what needs trio (waking the writer, starting a replay) to ``turns.soon``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import trio
 from protocols.control import Endpoint
 from vproxy import _sockio
 from vproxy._config import Route
-from vproxy._fastrelay import INPUT, OUTPUT, FastRelay, Handover
+from vproxy._fastrelay import INPUT, OUTPUT, Handover
 from vproxy._hold import DISCARDED, HELD, INFINITY, RELEASED, InKeep, Mark, OutHold, OutRange
 from vproxy._replace import Replacer
 
@@ -64,16 +68,16 @@ class Link:
         self.replays_left = gateway.config.replay_budget
         self.replacer = Replacer(route.protocol, gateway.config.http_status,
                                  frame=gateway.config.on_abort == "replace", side=route.side)
+        self._now = gateway.turns.now  # trio's clock, from either side
         self._wake = trio.Event()
-        self._timer: trio.CancelScope | None = None  # the writer's idle wait (hold-ms deadline)
+        self._armed: float = INFINITY  # the hold-ms deadline the relay thread wakes the writer at
         self._drained = trio.Event()
         self._server_eof = False
         self._to_server_lock = trio.Lock()
         self._to_peer_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._peer: socket.socket | None = None  # where the server's output goes
-        self._handover: Handover | None = None  # set while on the fast path
-        self._engine: FastRelay = gateway.fast  # the fast path it is on (or was last)
+        self._handover: Handover | None = None  # set while in the relay thread
         self._backlog: list[bytes | Mark] = []  # released by ``kick``, not sent yet
         self._unheld = b""  # output relayed unheld before a hold, not sent yet: goes out first
         self._closing = False  # a policy closed the link: nothing more goes out
@@ -113,13 +117,15 @@ class Link:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer, peer)  # idle until output is held
-                handover = await self._fast_path(server, peer)
+                handover = self._handover = Handover()
+                await self.gateway.relay.relay(self, server, peer, handover)
+                self._handover = None
                 if handover.reason in ("done", "error"):
                     if handover.error is not None:
                         self._reset(handover.error)
                         nursery.cancel_scope.cancel()
                     return  # (the writer ends once the held output is resolved)
-                self.log.info("left the fast path", reason=handover.reason)
+                self.log.info("left the relay thread", reason=handover.reason)
                 if not handover.ended[INPUT]:  # input is never held: unsent first, then on
                     nursery.start_soon(self._input, peer, server,
                                        handover.unsent[INPUT] + handover.pending[INPUT])
@@ -129,22 +135,6 @@ class Link:
             self._reset(group.exceptions[0])
         finally:
             self.gateway.unregister(self)
-
-    async def _fast_path(self, server: socket.socket, peer: socket.socket) -> Handover:
-        """Relay on the pass-through thread while nothing is held, else (or once something must
-        be held, with nothing unsent or ended) on the trio-side fast relay; returns the hand-over
-        of the last one."""
-        gateway = self.gateway
-        thread = gateway.passthrough
-        self._engine = gateway.fast if gateway.guarded or self.hold is not None else thread
-        while True:
-            handover = self._handover = Handover()
-            await self._engine.relay(self, server, peer, handover)
-            self._handover = None
-            if self._engine is not thread or handover.reason not in ("guard", "hold") \
-                    or any(handover.unsent) or any(handover.ended):
-                return handover
-            self._engine = gateway.fast
 
     def _reset(self, exc: BaseException) -> None:
         self.log.info("connection reset", cause=getattr(exc, "strerror", None) or str(exc))
@@ -177,7 +167,7 @@ class Link:
         stats = self.gateway.stats
         lock = self._to_server_lock
         while True:
-            if first:  # left unsent by the fast path
+            if first:  # left unsent by the relay thread
                 n, chunk, first = len(first), memoryview(first), b""
             else:
                 n = await _sockio.recv_into(src, buf, fair)
@@ -197,11 +187,11 @@ class Link:
                 self.holding()  # guarded: frame the input from here on, as the output will be
                 if self.replacer.wants_input:
                     self.replacer.input_data(chunk)
-            stats.passed_here += n
+            stats.bytes_passed += n
         _sockio.shutdown_write(server)
 
     def passed(self, output: bool, chunk: memoryview) -> None:
-        """The fast path relayed ``chunk`` unheld (``output``: from the server)."""
+        """The relay thread relayed ``chunk`` unheld (``output``: from the server)."""
         if output:
             self.out_offset += len(chunk)
         else:
@@ -210,33 +200,27 @@ class Link:
                 self.holding()  # as in ``_input``: frame the input from here on
                 if self.replacer.wants_input:
                     self.replacer.input_data(chunk)
-        self.gateway.stats.passed_here += len(chunk)
-
-    def relayed_unheld(self, inputs: int, outputs: int) -> None:
-        """The relay thread passed ``inputs`` bytes to the server and ``outputs`` from it (never
-        while a hold or the guard could apply: the input copy ``_delivered`` keeps is not due)."""
-        self.in_offset += inputs
-        self.out_offset += outputs
+        self.gateway.stats.bytes_passed += len(chunk)
 
     def held_output(self, chunk: memoryview) -> bool:
-        """The fast path read ``chunk`` of server output that must be held: hold it and send what
-        is releasable already. Returns True when the hold is over ``hold_bytes``: the fast path
+        """The relay thread read ``chunk`` of server output that must be held: hold it and send what
+        is releasable already. Returns True when the hold is over ``hold_bytes``: the relay thread
         stops reading it (the writer applies the bound, the task path waits for the drain)."""
         hold = self.holding()
         n = len(chunk)
-        hold.feed(chunk, trio.current_time())
+        hold.feed(chunk, self._now())
         self.out_offset += n
         stats = self.gateway.stats
         stats.bytes_held += n
         self.kick()  # commits often precede the bytes; arms the writer for what stays held
         stats.trim()
-        if len(hold.buf) <= self.gateway.config.hold_bytes:
+        if hold.size <= self.gateway.config.hold_bytes:
             return False
-        self._wake.set()  # the writer applies the bound
+        self._wake_writer()  # the writer applies the bound
         return True
 
     def unheld_output(self, data: bytes) -> None:
-        """Output the fast path relayed unheld (and counted) but could not send yet: it goes out
+        """Output the relay thread relayed unheld (and counted) but could not send yet: it goes out
         before anything a hold releases, whatever the guard says."""
         self._unheld += data
 
@@ -253,7 +237,7 @@ class Link:
         self._server_eof = True
         if self.hold is not None:
             self._missing(self.hold.end_output())
-        self._wake.set()
+        self._wake_writer()
 
     def announced(self, rng: OutRange) -> None:
         """A transaction announced server output ``rng`` (its bytes may arrive before or after)."""
@@ -302,10 +286,10 @@ class Link:
         async with lock:  # (unless the writer sent it already)
             await self._send_unheld(peer)
         while not ended:
-            while self.hold is not None and len(self.hold.buf) > limit:
+            while self.hold is not None and self.hold.size > limit:
                 self._drained = trio.Event()
                 await self._drained.wait()
-            if first:  # read by the fast path, not sent
+            if first:  # read by the relay thread, not sent
                 n, chunk, first = len(first), memoryview(first), b""
             else:
                 n = await _sockio.recv_into(server, buf, fair)
@@ -323,16 +307,16 @@ class Link:
                     await _sockio.send_all(peer, chunk)
                 finally:
                     lock.release()
-                stats.passed_here += n
+                stats.bytes_passed += n
                 continue
             if hold is None:
                 hold = self.holding()
-            now = trio.current_time()
+            now = self._now()
             hold.feed(chunk, now)
             self.out_offset += n
             stats.bytes_held += n
             await self._flush(peer, hold, now)  # commits often precede the bytes: no wake-up
-            if hold.buf:
+            if hold.size:
                 self._arm()
         self.output_ended()
 
@@ -340,7 +324,7 @@ class Link:
         """The link's hold, created at the current output offset the first time it is needed."""
         if self.hold is None:
             if self._handover is not None:  # unsent unheld output must go first: task path
-                self._engine.hold_starts(self._handover)
+                self.gateway.relay.hold_starts(self._handover)
             self.hold = OutHold(self.out_offset)
             if self._server_eof:
                 self.hold.end_output()  # (empty: nothing can be missing yet)
@@ -355,14 +339,14 @@ class Link:
         hold, peer = self.hold, self._peer
         if self._closing:
             return
-        if hold is not None and not hold.buf and not hold.marks and not self._backlog \
+        if hold is not None and not hold.size and not hold.marks and not self._backlog \
                 and not self._unheld:
             return  # nothing arrived to release (events usually precede their bytes)
         if hold is None or peer is None or self._backlog or self._unheld \
                 or self._to_peer_lock.locked():
-            self._wake.set()
+            self._wake_writer()
             return
-        items = self._pump(hold, trio.current_time())
+        items = self._pump(hold, self._now())
         for i, item in enumerate(items):
             if isinstance(item, Mark):  # replacing or closing needs the writer's awaits
                 self._backlog = items[i:]
@@ -379,15 +363,15 @@ class Link:
                 self._backlog = [item[sent:], *items[i + 1:]]
                 break
         if self._backlog or self._server_eof:  # (the writer passes the EOF on)
-            self._wake.set()
-        elif hold.buf:
+            self._wake_writer()
+        elif hold.size:
             self._arm()
 
     def _hold_deadline(self) -> float:
         """When the oldest held byte reaches hold-ms, in trio's clock: every hold time of a link
-        is taken with ``trio.current_time()`` (``time.monotonic()`` differs from it by trio's
-        random offset, and a deadline computed from it was always past: the writer spun for as
-        long as anything was held)."""
+        is taken with ``turns.now()``, trio's clock (``time.monotonic()`` differs from it by
+        trio's random offset, and a deadline computed from it was always past: the writer spun
+        for as long as anything was held)."""
         hold = self.hold
         if hold is None or hold.held_since is None:
             return INFINITY
@@ -396,21 +380,38 @@ class Link:
     def _arm(self) -> None:
         """Bytes stay held: make sure the writer wakes by their hold-ms bound. Measured on the
         wget crawl, waking it for every held chunk only to re-arm its deadline was the guarded
-        path's largest cost (a task switch and a cancel scope per response); moving the idle
-        writer's deadline costs a heap push. A deadline left early by bytes released since only
-        makes the writer wake, find nothing due and wait again."""
-        timer = self._timer
-        if timer is None:  # the writer is busy: it reads the deadline afresh before waiting
-            return
+        path's largest cost (a task switch and a cancel scope per response). The relay thread's
+        timer wakes it instead (``hold_due``), armed once per deadline, not per chunk: a later
+        held byte's deadline is never earlier than one still armed. A deadline left early by
+        bytes released since only makes the writer wake, find nothing due and wait again."""
         deadline = self._hold_deadline()
-        if deadline < timer.deadline:
-            timer.deadline = deadline
+        if deadline < self._armed:
+            self._armed = deadline
+            self.gateway.relay.arm(self, deadline)
+
+    def hold_due(self) -> None:
+        """(relay thread) The deadline ``_arm`` gave the thread passed: wake the writer if the
+        oldest held byte is due now, else keep watching for the one that is held now."""
+        self._armed = INFINITY
+        deadline = self._hold_deadline()
+        if deadline <= self._now():
+            self._wake_writer()
+        elif deadline < INFINITY:
+            self._armed = deadline
+            self.gateway.relay.arm(self, deadline)
+
+    def _wake_writer(self) -> None:
+        """Let the writer task look at the hold (in trio: from the relay thread, after its turn)."""
+        self.gateway.turns.soon(self._set_wake)
+
+    def _set_wake(self) -> None:
+        self._wake.set()  # (the writer replaces ``_wake`` each time it woke)
 
     def unguarded(self) -> None:
         """The last guard left: output owned by no open transaction goes out."""
         if self.hold is not None:
             self.hold.release_wm = INFINITY
-            self._wake.set()
+            self._wake_writer()
 
     def aborted(self, offset: int | None, reason: str, inputs: list[tuple[int, int]]) -> None:
         """A transaction that wrote (from ``offset``) or read on this link was rolled back.
@@ -430,7 +431,7 @@ class Link:
         elif inputs:
             self.log.info("aborted input dropped", reason=reason,
                           bytes=sum(e - s for s, e in inputs))
-        self._wake.set()
+        self._wake_writer()
 
     def _replay_inputs(self, inputs: list[tuple[int, int]], reason: str) -> None:
         pieces = [self.keep.get(s, e) if self.keep is not None else None for s, e in inputs]
@@ -441,24 +442,23 @@ class Link:
             return
         self.replays_left -= 1
         if self._handover is not None:  # the replay and the input share the lock of the
-            self._engine.evict(self._handover, "replay")  # task path
+            self.gateway.relay.evict(self._handover, "replay")  # task path
         data = b"".join(p for p in pieces if p is not None)
         self.log.info("replaying aborted input", reason=reason, bytes=len(data),
                       budget_left=self.replays_left)
         assert self._nursery is not None
-        self._nursery.start_soon(self._replay, data)
+        self.gateway.turns.soon(self._nursery.start_soon, self._replay, data)
 
     # --- writer: held output to the peer -------------------------------------------------------
 
     async def _writer(self, peer: socket.socket) -> None:
         while True:
-            with trio.CancelScope(deadline=self._hold_deadline()) as self._timer:
+            with trio.move_on_at(self._hold_deadline()):  # (bytes held later: ``_arm``)
                 await self._wake.wait()
-            self._timer = None
             self._wake = trio.Event()
             hold = self.hold
             if hold is not None:
-                await self._flush(peer, hold, trio.current_time())
+                await self._flush(peer, hold, self._now())
             if self._server_eof and not self._unheld and \
                     (self.hold is None or not self.hold.pending()):
                 _sockio.shutdown_write(peer)
@@ -491,12 +491,12 @@ class Link:
                 await self._send_items(peer, items)
                 if self._closing:
                     return
-                # the fast path may have fed more while we sent: only what stays held counts
+                # the relay thread may have fed more while we sent: only what stays held counts
                 # against the bound below
                 items = self._pump(hold, now)
             if self._closing:
                 return
-            if hold.buf and (len(hold.buf) > config.hold_bytes or
+            if hold.size and (hold.size > config.hold_bytes or
                              now >= (hold.held_since or INFINITY) + config.hold_ms / 1000):
                 await self._bound(peer, hold, now)
         finally:
@@ -548,15 +548,15 @@ class Link:
     async def _bound(self, peer: socket.socket, hold: OutHold, now: float) -> None:
         config, stats = self.gateway.config, self.gateway.stats
         stats.bounds_fired += 1
-        why = "hold-bytes" if len(hold.buf) > config.hold_bytes else "hold-ms"
+        why = "hold-bytes" if hold.size > config.hold_bytes else "hold-ms"
         self.log.warning("hold bound reached", bound=why, policy=config.on_bound,
-                         start=hold.base, end=hold.end, held_bytes=len(hold.buf),
+                         start=hold.base, end=hold.end, held_bytes=hold.size,
                          held_ms=round((now - (hold.held_since or now)) * 1000, 1),
                          hold_bytes=config.hold_bytes, hold_ms=config.hold_ms)
         if config.on_bound == "close":
             self._close(peer)
             return
-        data = bytes(hold.buf)
+        data = hold.data()
         resolved = hold.force(now, stats.hold_times, release=config.on_bound == "release")
         if config.on_bound == "release":
             stats.bytes_released += resolved

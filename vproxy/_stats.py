@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 _RESERVOIR: Final = 4096
 
 
-def _none() -> int:
-    return 0
-
-
 @dataclass(slots=True)
 class Stats:
     """Counters of one gateway since it started; ``hold_times`` are seconds, most recent kept.
 
-    ``bytes_passed`` adds the bytes relayed unheld by trio-side relays (``passed_here``) and by
-    the pass-through relay thread (``passed_elsewhere()``: the thread's own counter, which only
-    the thread writes; see ``vproxy/_threadrelay.py``).
+    Written by trio and by the relay thread, never at once (``vproxy/_turns.py``).
     """
 
     connections: int = 0
     active: int = 0
     upstream_failures: int = 0
-    passed_here: int = 0
+    bytes_passed: int = 0  # relayed unheld
     bytes_held: int = 0
     bytes_released: int = 0
     bytes_discarded: int = 0
@@ -37,11 +30,6 @@ class Stats:
     bounds_fired: int = 0
     refused_controllers: int = 0
     hold_times: list[float] = field(default_factory=list)
-    passed_elsewhere: Callable[[], int] = _none
-
-    @property
-    def bytes_passed(self) -> int:
-        return self.passed_here + self.passed_elsewhere()
 
     def trim(self) -> None:
         """Keep the hold-time reservoir bounded (called after a pump adds to it)."""
@@ -59,10 +47,8 @@ class Stats:
                 for k, q in pick.items()}
 
     def to_dict(self) -> dict[str, object]:
-        data: dict[str, object] = {
-            "bytes_passed" if k == "passed_here" else k: getattr(self, k)
-            for k in self.__slots__ if k not in ("hold_times", "passed_elsewhere")}
-        data["bytes_passed"] = self.bytes_passed
+        data: dict[str, object] = {k: getattr(self, k) for k in self.__slots__
+                                   if k != "hold_times"}
         data["hold_us"] = self.percentiles()
         return data
 

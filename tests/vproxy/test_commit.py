@@ -294,7 +294,7 @@ async def test_guard_arriving_mid_connection_holds_the_next_output(start_gateway
         await ctl.sync()
         await net.send(server, b"after")
         await net.wait_held(serving, 5)
-    assert not [e for e in logs if e["event"] == "left the fast path"]
+    assert not [e for e in logs if e["event"] == "left the relay thread"]
     await net.assert_silent(client)
     await ctl.send(Commit(1))
     assert await net.recv_exactly(client, 5) == b"after"

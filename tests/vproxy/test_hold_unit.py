@@ -50,7 +50,7 @@ def test_output_is_the_committed_stream_whatever_the_order(scenario):
         sent += b"".join(x for x in items if isinstance(x, bytes))
         assert expected.startswith(sent)
     assert sent == expected
-    assert not hold.buf
+    assert not hold.size
 
 
 def test_uncovered_bytes_wait_for_the_watermark_and_marks_come_in_order():
@@ -95,3 +95,24 @@ def test_end_of_output_cuts_what_can_never_arrive():
     items, released, _ = hold.pump(1.0, [])
     assert items == [b"OK 1\n", Mark(5, "replace", "SIGSEGV"), Mark(5, "close", "inject")]
     assert released == 5 and not hold.pending()
+
+
+def test_a_release_of_whole_chunks_sends_them_as_received():
+    """A chunk released whole goes out as the very object fed (no copy); releases that cut
+    chunks still give exactly the bytes, across chunk boundaries."""
+    hold = OutHold(0)
+    hold.feed(memoryview(b"response one"), 0.0)  # (fed from the relay's buffer: kept as bytes)
+    hold.feed(b"response two", 0.0)
+    hold.release_wm = 12
+    assert hold.pump(0.0, []) == ([b"response one"], 12, 0)
+    hold.feed(b"three", 0.0)
+    hold.release_wm = 20  # into the second chunk, then across into the third
+    assert hold.pump(0.0, []) == ([b"response"], 8, 0)
+    hold.release_wm = 27
+    assert hold.pump(0.0, []) == ([b" twothr"], 7, 0)
+    hold.release_wm = 29
+    assert hold.pump(0.0, []) == ([b"ee"], 2, 0) and hold.size == 0
+    whole = b"x" * 100
+    hold.feed(whole, 0.0)
+    hold.release_wm = 129
+    assert hold.pump(0.0, [])[0][0] is whole

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from protocols import http
 from protocols._framing import NEED_DATA, MessageEnd, MessageStart
+from vproxy import _httpframe
 from vproxy._httpframe import HttpBoundaries, simple_request, simple_response_length
 
 OK = b"HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 5\r\nConnection: Keep-Alive\r\n\r\nhello"
@@ -138,13 +139,31 @@ def test_scanner_accepts_only_plain_messages():
     for head in (b"GET / HTTP/1.0\r\n\r\n", b"POST / HTTP/1.1\r\nHost: h\r\n\r\n",
                  b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
                  b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-                 b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", b"GET / HTTP/1.1\nHost: h\r\n\r\n"):
+                 b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", b"GET / HTTP/1.1\nHost: h\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", b"GET / HTTP/1.1\r\nHost h\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nProxy-Connection: keep-alive\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"):
         assert simple_request(head) is None, head
+    # only the headers that frame a message matter: other values may say anything
+    assert simple_request(b"GET /upgrade HTTP/1.1\r\nReferer: /content-length\r\n"
+                          b"Connection: Keep-Alive\r\n\r\n") == "GET"
     assert simple_response_length(OK[:-5], "GET") == 5
     assert simple_response_length(OK[:-5], "HEAD") == 0
     for head in (b"HTTP/1.1 200 OK\r\n\r\n",
                  b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-                 b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"):
+                 b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\n"):
         assert simple_response_length(head, "GET") is None, head
+
+
+def test_line_verdicts_stay_bounded():
+    """Verdicts are kept per distinct header line (a keep-alive connection repeats most of them);
+    a stream of ever-new lines (dates, ETags) never keeps more than the bound."""
+    for i in range(3 * _httpframe._MAX_VERDICTS):
+        head = b"HTTP/1.1 200 OK\r\nETag: \"%d\"\r\nContent-Length: %d\r\n\r\n" % (i, i)
+        assert simple_response_length(head, "GET") == i
+        assert len(_httpframe._VERDICTS) <= _httpframe._MAX_VERDICTS

@@ -101,4 +101,4 @@ async def test_bulk_transfer_to_a_slow_reader_keeps_every_byte_in_order(start_ga
         await net.send(client, b"and back")
         assert await net.recv_exactly(server, 8) == b"and back"
     assert got == payload
-    assert not [e for e in logs if e["event"] == "left the fast path"]
+    assert not [e for e in logs if e["event"] == "left the relay thread"]

@@ -1,5 +1,5 @@
-"""The pass-through relay thread (vproxy/_threadrelay.py): what it relays, how links leave it when
-output must be held, and how its lifecycle and failures reach trio. Real sockets, a real gateway.
+"""The relay thread (vproxy/_threadrelay.py): what it relays, that held links stay in it, and how
+its lifecycle and failures reach trio. Real sockets, a real gateway.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ import socket
 import threading
 
 import pytest
+import structlog
 import trio
 
 import vproxy
 from protocols.control import Begin, Commit, Guard, Io, Release
 from vproxy import Address, GatewayConfig, Route
 from vproxy._threadrelay import RelayThreadError, ThreadRelay
+from vproxy._turns import Turns
 from vproxy.testing import ScriptedController, conn_of
 
 
@@ -23,10 +25,15 @@ def _relay_threads() -> list[threading.Thread]:
 
 
 async def _wait_passed(serving: vproxy.Serving, n: int) -> None:
-    """Until the relay thread has relayed ``n`` bytes (bounded poll of its own counter)."""
+    """Until the gateway has relayed ``n`` bytes unheld (bounded poll of its counter)."""
     with trio.fail_after(5):
-        while serving.gateway.passthrough.passed < n:
+        while serving.gateway.stats.bytes_passed < n:
             await trio.sleep(0.005)
+
+
+def _in_thread(serving: vproxy.Serving) -> int:
+    """How many sockets of links the relay thread reads now (two a link)."""
+    return len(serving.gateway.relay._readers)
 
 
 async def test_unguarded_links_are_relayed_by_the_thread(start_gateway, upstream, net):
@@ -37,20 +44,19 @@ async def test_unguarded_links_are_relayed_by_the_thread(start_gateway, upstream
     assert await net.recv_exactly(server, 4) == b"ping"
     await net.send(server, b"pong!")
     assert await net.recv_exactly(client, 5) == b"pong!"
-    await _wait_passed(serving, 9)  # counted by the thread, not by a trio-side relay
-    assert serving.gateway.stats.passed_here == 0
+    await _wait_passed(serving, 9)
     assert serving.gateway.stats.bytes_passed == 9
+    assert _in_thread(serving) == 2
     server.shutdown(socket.SHUT_WR)  # half-close passes through the thread
     assert await net.recv_to_eof(client) == b""
     await net.send(client, b"still open")
     assert await net.recv_exactly(server, 10) == b"still open"
 
 
-async def test_guard_takes_a_link_out_of_the_thread_with_exact_offsets(start_gateway, upstream,
-                                                                         net):
+async def test_guard_holds_a_link_in_the_thread_with_exact_offsets(start_gateway, upstream, net):
     """Bytes relayed by the thread before GUARD count in the link's offsets: a transaction
     announced after them (offsets from the connection's start) holds exactly its own output until
-    it commits, and input keeps flowing (it is never held)."""
+    it commits, and input keeps flowing (it is never held). The link never leaves the thread."""
     serving = await start_gateway()
     client = await net.connect(serving.listening[0])
     server = await upstream.accept()
@@ -61,24 +67,27 @@ async def test_guard_takes_a_link_out_of_the_thread_with_exact_offsets(start_gat
         assert await net.recv_exactly(client, 9) == b"answer %d\n" % i
     out = 27
     ctl = await ScriptedController.connect(serving.control)
-    await ctl.send(Guard(), conn_of(1, server), Begin(1, None), Io(1, 1, "out", out, out + 6))
-    await ctl.sync()
-    await net.send(server, b"SECRET")
-    await net.wait_held(serving, 6)
-    await net.assert_silent(client)
-    await net.send(client, b"more")  # input is never held
-    assert await net.recv_exactly(server, 4) == b"more"
-    await ctl.send(Commit(1))
-    assert await net.recv_exactly(client, 6) == b"SECRET"
-    await net.send(server, b"tail")  # guarded, uncovered: held until released, in order
-    await ctl.send(Release(1, out + 6 + 4))
-    assert await net.recv_exactly(client, 4) == b"tail"
+    with structlog.testing.capture_logs() as logs:
+        await ctl.send(Guard(), conn_of(1, server), Begin(1, None), Io(1, 1, "out", out, out + 6))
+        await ctl.sync()
+        await net.send(server, b"SECRET")
+        await net.wait_held(serving, 6)
+        await net.assert_silent(client)
+        await net.send(client, b"more")  # input is never held
+        assert await net.recv_exactly(server, 4) == b"more"
+        await ctl.send(Commit(1))
+        assert await net.recv_exactly(client, 6) == b"SECRET"
+        await net.send(server, b"tail")  # guarded, uncovered: held until released, in order
+        await ctl.send(Release(1, out + 6 + 4))
+        assert await net.recv_exactly(client, 4) == b"tail"
+    assert _in_thread(serving) == 2
+    assert not [e for e in logs if e["event"] == "left the relay thread"]
 
 
-async def test_a_transaction_on_an_unguarded_link_takes_it_out_of_the_thread(
+async def test_a_transaction_on_an_unguarded_link_holds_it_in_the_thread(
         start_gateway, upstream, net):
-    """Events for a link while the gateway is not guarded: its output is held from then on (the
-    link moves to the trio-side relay before any byte is held)."""
+    """Events for a link while the gateway is not guarded: its output is held from then on, in
+    the thread."""
     serving = await start_gateway()
     client = await net.connect(serving.listening[0])
     server = await upstream.accept()
@@ -92,6 +101,7 @@ async def test_a_transaction_on_an_unguarded_link_takes_it_out_of_the_thread(
     await net.assert_silent(client)
     await ctl.send(Commit(1))
     assert await net.recv_exactly(client, 6) == b"world!"
+    assert _in_thread(serving) == 2
 
 
 async def test_stopping_the_gateway_joins_the_thread(upstream, net):
@@ -111,7 +121,7 @@ async def test_stopping_the_gateway_joins_the_thread(upstream, net):
 
 async def test_a_failing_thread_reaches_trio_as_a_named_error(monkeypatch):
     """Unit test (a fault injected into the loop): the thread's exception ends ``run``."""
-    relay = ThreadRelay()
+    relay = ThreadRelay(Turns())  # (not started: the lock stays free for the thread)
 
     def broken(ready: object, view: object) -> None:
         raise RuntimeError("planted")
@@ -146,7 +156,8 @@ async def test_guard_while_the_thread_streams_keeps_every_byte_in_order(start_ga
                 return
             await net.send(server, block)
             written += len(block)
-            await trio.sleep(0)
+            await trio.sleep(0.001)  # (paced: the thread holds as fast as this writes, and the
+            # hold must stay under hold-bytes until the test stops writing)
 
     async def read(n: int) -> None:
         with trio.fail_after(10):
@@ -169,3 +180,47 @@ async def test_guard_while_the_thread_streams_keeps_every_byte_in_order(start_ga
     expected = (block * (written // len(block)))[:written - 10]
     assert len(got) == len(expected) and bytes(got) == expected
     await net.assert_silent(client)
+
+
+class _GatewaySteps(trio.abc.Instrument):
+    """Counts steps of the gateway's own trio tasks (links, writers, control sessions)."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.startswith("vproxy._"):
+            self.steps.append(task.name)
+
+
+async def test_held_output_released_by_a_control_line_takes_no_trio_task_step(
+        start_gateway, upstream, net):
+    """The common guarded case (output arrives, a RELEASE covers it, the bytes go out) is served
+    by the relay thread alone: no gateway task runs in trio for it, and each exchange's bytes
+    wait for their RELEASE (none crosses the wire before it)."""
+    serving = await start_gateway()
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send(Guard())
+    await ctl.sync()
+    client = await net.connect(serving.listening[0])
+    server = await upstream.accept()
+    await ctl.send(conn_of(1, server))
+    await ctl.sync()
+    steps = _GatewaySteps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        offset = 0
+        for i in range(20):
+            answer = b"answer %02d\n" % i
+            await net.send(client, b"ask")
+            assert await net.recv_exactly(server, 3) == b"ask"
+            await net.send(server, answer)
+            await net.wait_held(serving, offset + len(answer))
+            await net.assert_silent(client, window=0.01)
+            offset += len(answer)
+            await ctl.send(Release(1, offset))
+            assert await net.recv_exactly(client, len(answer)) == answer
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.steps == []
+    assert _in_thread(serving) == 2

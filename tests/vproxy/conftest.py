@@ -19,7 +19,9 @@ import pytest
 import trio
 
 import vproxy
+from protocols.control import Guard
 from vproxy import Address, GatewayConfig, Route
+from vproxy.testing import ScriptedController, conn_of
 
 WAIT = 5.0
 
@@ -102,12 +104,27 @@ async def wait_held(serving: vproxy.Serving, n: int) -> None:
             await trio.sleep(0.005)
 
 
+async def guarded_pair(start_gateway: StartGateway, upstream: Upstream, **config: Any
+                       ) -> tuple[vproxy.Serving, ScriptedController, Any, Any]:
+    """A gateway started with ``config``, guarded by a scripted controller, and one relayed
+    connection bound to it (CONN sent and processed): (serving, ctl, client, server)."""
+    serving = await start_gateway(**config)
+    ctl = await ScriptedController.connect(serving.control)
+    await ctl.send(Guard())
+    await ctl.sync()
+    client = await connect(serving.listening[0])
+    server = await upstream.accept()
+    await ctl.send(conn_of(1, server))
+    await ctl.sync()
+    return serving, ctl, client, server
+
+
 @pytest.fixture
 def net() -> SimpleNamespace:
     """The socket helpers above, for test modules (importlib mode cannot import conftest)."""
     return SimpleNamespace(connect=connect, send=send, recv_exactly=recv_exactly,
                            recv_to_eof=recv_to_eof, assert_silent=assert_silent,
-                           wait_held=wait_held, WAIT=WAIT)
+                           wait_held=wait_held, guarded_pair=guarded_pair, WAIT=WAIT)
 
 
 @pytest.fixture

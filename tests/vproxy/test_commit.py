@@ -17,19 +17,8 @@ from vproxy import Address, Route
 from vproxy.testing import ScriptedController, conn_of
 
 
-async def _guarded_pair(start_gateway, upstream, net, **config):
-    serving = await start_gateway(**config)
-    ctl = await ScriptedController.connect(serving.control)
-    await ctl.send(Guard())
-    await ctl.sync()
-    client = await net.connect(serving.listening[0])
-    server = await upstream.accept()
-    await ctl.send(conn_of(1, server))
-    return serving, ctl, client, server
-
-
 async def test_held_output_waits_for_commit(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5))
     await net.send(server, b"hello")
     await net.wait_held(serving, 5)
@@ -43,7 +32,7 @@ async def test_held_output_waits_for_commit(start_gateway, upstream, net):
 
 
 async def test_uncovered_output_is_held_until_release(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     await net.send(server, b"outside any transaction")
     await net.wait_held(serving, 23)
     await ctl.sync()
@@ -56,7 +45,7 @@ async def test_uncovered_output_is_held_until_release(start_gateway, upstream, n
 
 
 async def test_aborted_output_never_reaches_client(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net,
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream,
                                                        on_abort="drop")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6))
     await net.send(server, b"SECRET")
@@ -70,7 +59,7 @@ async def test_aborted_output_never_reaches_client(start_gateway, upstream, net)
 
 
 async def test_abort_with_close_policy_closes_without_leaking(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net,
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream,
                                                        on_abort="close")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 3), Commit(1))
     await ctl.send(Begin(2, None), Io(2, 1, "out", 3, 9))
@@ -81,7 +70,7 @@ async def test_abort_with_close_policy_closes_without_leaking(start_gateway, ups
 
 
 async def test_raw_replace_policy_closes_instead(start_gateway, upstream, net):
-    _serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    _serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6), Abort(1, "inject"))
     await net.send(server, b"SECRET")
     assert await net.recv_to_eof(client) == b""
@@ -133,7 +122,7 @@ async def test_release_order_is_independent_of_arrival_order(start_gateway, upst
 
 
 async def test_nested_commit_waits_for_root(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     await ctl.send(Begin(1, None), Begin(2, 1), Io(2, 1, "out", 0, 4), Commit(2))
     await net.send(server, b"kid!")
     await net.wait_held(serving, 4)
@@ -146,7 +135,7 @@ async def test_nested_commit_waits_for_root(start_gateway, upstream, net):
 async def test_gradual_commit_avoids_request_response_deadlock(start_gateway, upstream, net):
     """Inside ONE transaction the server writes a prompt and then waits for the answer: without
     GRADUAL the prompt would stay held and neither side could go on."""
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6))
     await net.send(server, b"name? ")
     await net.wait_held(serving, 6)
@@ -166,8 +155,8 @@ async def test_gradual_commit_avoids_request_response_deadlock(start_gateway, up
 
 
 async def test_replay_delivers_held_input_again(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded_pair(
-        start_gateway, upstream, net, on_rollback_input="replay", replay_budget=1, on_abort="drop")
+    serving, ctl, client, server = await net.guarded_pair(
+        start_gateway, upstream, on_rollback_input="replay", replay_budget=1, on_abort="drop")
     await net.send(client, b"GET one\n")
     assert await net.recv_exactly(server, 8) == b"GET one\n"
     await ctl.send(Begin(1, None), Io(1, 1, "in", 0, 8), Abort(1, "SIGSEGV"))
@@ -189,8 +178,8 @@ async def test_replay_delivers_held_input_again(start_gateway, upstream, net):
 
 async def test_hold_ms_bound_fires_with_log_line(start_gateway, upstream, net):
     with structlog.testing.capture_logs() as logs:
-        serving, ctl, client, server = await _guarded_pair(
-            start_gateway, upstream, net, hold_ms=100, on_bound="discard")
+        serving, ctl, client, server = await net.guarded_pair(
+            start_gateway, upstream, hold_ms=100, on_bound="discard")
         await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5))
         await net.send(server, b"stuck")
         with trio.fail_after(5):
@@ -207,8 +196,8 @@ async def test_hold_ms_bound_fires_with_log_line(start_gateway, upstream, net):
 
 async def test_hold_bytes_bound_release_policy(start_gateway, upstream, net):
     with structlog.testing.capture_logs() as logs:
-        _serving, _ctl, client, server = await _guarded_pair(
-            start_gateway, upstream, net, hold_bytes=1000, on_bound="release")
+        _serving, _ctl, client, server = await net.guarded_pair(
+            start_gateway, upstream, hold_bytes=1000, on_bound="release")
         await net.send(server, b"x" * 3000)
         assert await net.recv_exactly(client, 3000) == b"x" * 3000
     assert any(e["event"] == "hold bound reached" and e["bound"] == "hold-bytes" for e in logs)
@@ -227,7 +216,7 @@ async def test_unmatched_connection_is_held_until_close_bound(start_gateway, ups
 
 
 async def test_unguard_releases_and_returns_to_pass_through(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     await net.send(server, b"held")
     await net.wait_held(serving, 4)
     await ctl.send(Unguard())
@@ -238,7 +227,7 @@ async def test_unguard_releases_and_returns_to_pass_through(start_gateway, upstr
 
 async def test_agent_loss_aborts_open_transactions_and_stays_guarded(start_gateway, upstream,
                                                                      net):
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net,
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream,
                                                        on_abort="drop")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6))
     await net.send(server, b"SECRET")
@@ -418,7 +407,7 @@ async def test_committed_bulk_output_to_a_slow_client_stays_ordered(start_gatewa
     """Held output larger than the hold bound, all of it committed ahead, to a client that reads
     late: partial sends and the bound's backpressure keep the stream whole and in order, and no
     bound fires for bytes that were releasable."""
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net,
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream,
                                                        hold_bytes=1 << 20, on_bound="close")
     payload = bytes(range(253)) * (12 * 4096)  # ~12 MiB
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, len(payload)), Commit(1))
@@ -459,7 +448,7 @@ async def test_guard_during_a_blocked_transfer_keeps_exact_offsets(start_gateway
 async def test_held_output_leaves_the_gateway_idle(start_gateway, upstream, net):
     """While bytes wait for their commit nothing in the gateway runs: no task polls the hold
     (a hold-ms deadline taken from another clock than trio's once made the writer spin)."""
-    serving, ctl, client, server = await _guarded_pair(start_gateway, upstream, net)
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5))
     await net.send(server, b"hello")
     await net.wait_held(serving, 5)

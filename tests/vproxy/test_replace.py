@@ -7,24 +7,12 @@ import socket
 import pytest
 
 from protocols import http, lenpfx
-from protocols.control import Abort, Begin, Commit, Gradual, Guard, Io
+from protocols.control import Abort, Begin, Commit, Gradual, Io
 from vproxy import Address, GatewayConfig, Route, serve
-from vproxy.testing import ScriptedController, conn_of
-
-
-async def _guarded(start_gateway, upstream, net, protocol, **config):
-    serving = await start_gateway(protocol=protocol, **config)
-    ctl = await ScriptedController.connect(serving.control)
-    await ctl.send(Guard())
-    await ctl.sync()
-    client = await net.connect(serving.listening[0])
-    server = await upstream.accept()
-    await ctl.send(conn_of(1, server))
-    return serving, ctl, client, server
 
 
 async def test_line_abort_becomes_err_line_and_stream_goes_on(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded(start_gateway, upstream, net, "line")
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream, protocol="line")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 5), Commit(1))
     await ctl.send(Begin(2, None), Io(2, 1, "out", 5, 17), Abort(2, "SIGSEGV"))
     await ctl.send(Begin(3, None), Io(3, 1, "out", 17, 22), Commit(3))
@@ -36,7 +24,7 @@ async def test_line_abort_becomes_err_line_and_stream_goes_on(start_gateway, ups
 
 
 async def test_line_abort_mid_message_closes_instead(start_gateway, upstream, net):
-    _, ctl, client, server = await _guarded(start_gateway, upstream, net, "line")
+    _, ctl, client, server = await net.guarded_pair(start_gateway, upstream, protocol="line")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, 6), Gradual(1, 1))
     await net.send(server, b"OK par")
     assert await net.recv_exactly(client, 6) == b"OK par"
@@ -46,7 +34,7 @@ async def test_line_abort_mid_message_closes_instead(start_gateway, upstream, ne
 
 
 async def test_lenpfx_abort_becomes_error_frame(start_gateway, upstream, net):
-    _, ctl, client, server = await _guarded(start_gateway, upstream, net, "lenpfx")
+    _, ctl, client, server = await net.guarded_pair(start_gateway, upstream, protocol="lenpfx")
     frame = lenpfx.error_frame(b"secret payload")
     await ctl.send(Begin(1, None), Io(1, 1, "out", 0, len(frame)), Abort(1, "ivp"))
     await net.send(server, frame)
@@ -56,7 +44,7 @@ async def test_lenpfx_abort_becomes_error_frame(start_gateway, upstream, net):
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_http_abort_becomes_503_with_close(start_gateway, upstream, net, method):
-    _, ctl, client, server = await _guarded(start_gateway, upstream, net, "http")
+    _, ctl, client, server = await net.guarded_pair(start_gateway, upstream, protocol="http")
     first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
     request = f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     await net.send(client, request)
@@ -91,7 +79,7 @@ async def test_http_unreachable_upstream_gets_502(nursery, net, on_abort):
 
 
 async def test_http_close_policy_frames_nothing_and_closes(start_gateway, upstream, net):
-    serving, ctl, client, server = await _guarded(start_gateway, upstream, net, "http",
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream, protocol="http",
                                                   on_abort="close")
     request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     await net.send(client, request)

@@ -198,14 +198,7 @@ async def test_held_output_released_by_a_control_line_takes_no_trio_task_step(
     """The common guarded case (output arrives, a RELEASE covers it, the bytes go out) is served
     by the relay thread alone: no gateway task runs in trio for it, and each exchange's bytes
     wait for their RELEASE (none crosses the wire before it)."""
-    serving = await start_gateway()
-    ctl = await ScriptedController.connect(serving.control)
-    await ctl.send(Guard())
-    await ctl.sync()
-    client = await net.connect(serving.listening[0])
-    server = await upstream.accept()
-    await ctl.send(conn_of(1, server))
-    await ctl.sync()
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream)
     steps = _GatewaySteps()
     trio.lowlevel.add_instrument(steps)
     try:

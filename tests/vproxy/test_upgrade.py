@@ -10,8 +10,8 @@ from __future__ import annotations
 import trio
 
 from protocols import http
-from protocols.control import Abort, Begin, Commit, Guard, Io, Release
-from vproxy.testing import ScriptedController, conn_of
+from protocols.control import Abort, Begin, Commit, Io, Release
+from vproxy.testing import conn_of
 
 UPGRADE = (b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -28,14 +28,7 @@ async def _pump_tunnel(net, client, server, data: bytes) -> None:
 
 
 async def _guarded(start_gateway, upstream, net):
-    serving = await start_gateway(protocol="http")
-    ctl = await ScriptedController.connect(serving.control)
-    await ctl.send(Guard())
-    await ctl.sync()
-    client = await net.connect(serving.listening[0])
-    server = await upstream.accept()
-    await ctl.send(conn_of(1, server))
-    await ctl.sync()
+    serving, ctl, client, server = await net.guarded_pair(start_gateway, upstream, protocol="http")
     conn = conn_of(1, server)
     return serving, ctl, client, server, serving.gateway.lookup((conn.local, conn.peer))
 

@@ -5,6 +5,7 @@ server never dies and the legitimate requests interleaved with the attacks get c
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,20 @@ def test_figure1_full_agent_rolls_back_and_heals(fig1_exes, start_server, start_
         assert client.ask("PING") == f"PONG {served}"
     assert server.alive()
     assert heals_of(healer, server.pid)["heals"] == 200
+
+
+def test_unsupervised_overflow_meets_glibcs_own_fate(fig1_exes, start_server, start_healer):
+    """Nothing supervised: the replaced __stack_chk_fail hands over to glibc's own (with
+    __fortify_fail's message argument), which aborts: SIGABRT, not a crash inside the agent."""
+    server = start_server(fig1_exes[("-O2", True)])
+    start_healer("attach", str(server.pid), "--coverage", "none").ready()
+    client = server.connect()
+    try:
+        answer = client.ask(EXPLOIT)
+    except OSError:
+        answer = ""
+    assert answer == ""
+    assert server.proc.wait(10) == -signal.SIGABRT
 
 
 @pytest.mark.parametrize(("opt", "ssp"), TWO_VARIANTS, ids=["O0-ssp", "O2-nossp"])

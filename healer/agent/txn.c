@@ -448,7 +448,7 @@ on_leave (GumInvocationContext * ic)
   if (sp == 0)
     return;
   regs_from (&r, c);
-  rax = r.rax = (guint64) gum_invocation_context_get_return_value (ic);
+  rax = r.rax; /* the return value */
   leave_at (GUM_IC_GET_FUNC_DATA (ic, FnInfo *), &r, sp);
   if (r.rax != rax)
     gum_invocation_context_replace_return_value (ic, (gpointer) r.rax);

@@ -7,6 +7,8 @@
  *   call F      run update_account(F) (F=1: fault after every change), then print the state line
  *   state       print the state line
  *   bench N K   call bench_stores() N times (K <= 1000 stores each), print "bench ns=NS_PER_CALL"
+ *   poke        poke() a byte of a page of its own, print "poke ret=R"
+ *   unmap       munmap that page (a later poke faults there), print "unmapped"
  *   quit
  *
  * State line: "state global=HASH heap=HASH frame=HASH ret=R" (FNV-1a of the exact bytes), so a test
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "memlog_probe.h"
@@ -66,6 +69,16 @@ bench_stores (long seed, int stores)
   return g_bench[0];
 }
 
+unsigned char *g_page; /* a page of its own, mmap'd at start, munmap'd by `unmap` */
+
+/* A store through a pointer: logged inline by the memory log once its page is known readable. */
+__attribute__((noinline)) int
+poke (unsigned char *p)
+{
+  p[100] += 1;
+  return 1;
+}
+
 __attribute__((noinline)) static void
 bench (long n, int stores)
 {
@@ -110,6 +123,17 @@ serve (void)
       long n = strtol (line + 6, &end, 10);
       bench (n, (int) strtol (end, NULL, 10));
     }
+    else if (strncmp (line, "poke", 4) == 0)
+    {
+      printf ("poke ret=%d\n", poke (g_page));
+      fflush (stdout);
+    }
+    else if (strncmp (line, "unmap", 5) == 0)
+    {
+      munmap (g_page, 4096);
+      printf ("unmapped\n");
+      fflush (stdout);
+    }
     else if (strncmp (line, "quit", 4) == 0)
       break;
   }
@@ -120,6 +144,7 @@ int
 main (void)
 {
   g_heap = malloc (HEAP_SIZE);
+  g_page = mmap (NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   for (int i = 0; i < HEAP_SIZE; i++)
     g_heap[i] = (unsigned char) (i * 7);
   printf ("ready\n");

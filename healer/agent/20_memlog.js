@@ -3,16 +3,17 @@
 // A thread is followed by Stalker once, on its first supervised call, and stays followed: follow/
 // unfollow per call re-translates every block (~1.75 ms a call); only a heal at a fault (which
 // resumes the thread outside the code cache) makes it follow again, at once, through a resume stub
-// (makeResumeStub), so an open parent transaction and every later one stay logged. Logging is gated per thread: the gate is on
-// only while a supervised transaction is open, and it is switched from the core's hooks, which run
-// in Frida's own (excluded, hence native) code, so Frida's writes are never logged. Every
-// instruction with a memory destination gets an inline call of memlog_store (memlog.c) that copies
-// the bytes it is about to overwrite into the thread's preallocated log, unless they lie on the
-// thread's own stack below the innermost transaction's entry sp (that frame dies with the
-// virtualized return). A transaction's marker is the log length at its entry; rollback undoes back
-// to it, newest first. Markers and the gate are kept in C (memlog_begin/memlog_commit, native
-// hooks of the core): a supervised call enters JavaScript here only to follow a thread the first
-// time (memlog_js_enable) and to roll back. docs/memlog-and-wire.md has the details and the limits.
+// (makeResumeStub), so an open parent transaction and every later one stay logged. Logging is gated
+// per thread: the gate is on only while a supervised transaction is open, and it is switched from
+// the core's hooks, which run in Frida's own (excluded, hence native) code, so Frida's writes are
+// never logged. Every instruction with a memory destination gets inline code (memlog.c) that copies
+// the bytes it is about to overwrite into the thread's preallocated log (or calls memlog_store for
+// the rare stores it cannot address itself), unless they lie on the thread's own stack below the
+// innermost transaction's entry sp (that frame dies with the virtualized return). A transaction's
+// marker is the log length at its entry; rollback undoes back to it, newest first. Markers and the
+// gate are kept in C (memlog_begin/memlog_commit, native hooks of the core): a supervised call
+// enters JavaScript here only to follow a thread the first time (memlog_js_enable) and to roll
+// back. docs/memlog-and-wire.md has the details and the limits.
 
 const _memlogModule = (function () {
   // glibc routines that write no memory but their own stack frame and call no application code:
@@ -27,11 +28,12 @@ const _memlogModule = (function () {
     'pthread_getspecific'];
   const MAX_MARKERS = 64;            // memlog.c
   const MAX_THREADS = 256;
-  const LOG_STRUCT = 22 * 8 + MAX_MARKERS * 32; // struct _MemLog
+  const STORE_PAGES = 2048;          // memlog.c
+  const LOG_STRUCT = 23 * 8 + MAX_MARKERS * 32 + STORE_PAGES * 8; // struct _MemLog
   const F = { buf: 0, cap: 8, len: 16, on: 24, skipLo: 32, skipHi: 40, fsBase: 48, logged: 56,
     loggedBytes: 64, skipped: 72, overflows: 80, unreadable: 88, restored: 96, key: 104,
     refollow: 112, unsupported: 120, blocks: 128, capstone: 136, blocksExcluded: 144, nativeCalls: 152,
-    fridaCalls: 160, n: 168 };
+    fridaCalls: 160, inlineLogged: 168, n: 176 };
   const MAX_FRIDA_RANGES = 16;
 
   let cm = null;
@@ -50,7 +52,7 @@ const _memlogModule = (function () {
   let reenter = null;          // its NativeCallback
   let enableCallback = null;   // memlog_js_enable: memlog_begin on a thread not followed (yet)
   const logs = Memory.alloc(MAX_THREADS * 8); // memlog.c's thread -> MemLog table
-  const retPages = Memory.alloc(4096 * 8);    // memlog.c's cache of pages `ret` may return to
+  const retPages = Memory.alloc(65536 * 8);   // memlog.c's cache of pages `ret` may return to
 
   function load() {
     if (cm !== null) return;
@@ -70,12 +72,23 @@ const _memlogModule = (function () {
     cm._gradual = new NativeFunction(cm.memlog_gradual, 'uint64', ['pointer'], opts);
     cm._register = new NativeFunction(cm.memlog_register, 'int', ['pointer'], opts);
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
+    forgetUnmapped(libc);
     excludeFrida();
     if (config.memlog === undefined || config.memlog.excludeReadOnly !== false) excludeReadOnly(libc);
     fastFridaMemset();
     reuseCapstone();
     widenInlineCache();
     makeResumeStub();
+  }
+
+  // The inline path reads the old bytes of a store itself only on a page memlog.c's record() has
+  // read before (a fault in translated code is never healed); a page that may stop being
+  // readable is forgotten first. C listeners: no JavaScript per call.
+  function forgetUnmapped(libc) {
+    for (const name of ['munmap', 'mremap']) {
+      Interceptor.attach(libc.getExportByName(name), { onEnter: cm.memlog_unmap_enter }, ptr(0));
+    }
+    Interceptor.attach(libc.getExportByName('mprotect'), { onEnter: cm.memlog_unmap_enter }, ptr(1));
   }
 
   // Frida's agent is mapped from a memfd and hidden from enumerateModules(); its code must run
@@ -490,7 +503,7 @@ const _memlogModule = (function () {
 
   function stats() {
     const counters = ['logged', 'loggedBytes', 'skipped', 'overflows', 'unreadable', 'restored',
-      'unsupported', 'blocks', 'blocksExcluded', 'nativeCalls', 'fridaCalls'];
+      'unsupported', 'blocks', 'blocksExcluded', 'nativeCalls', 'fridaCalls', 'inlineLogged'];
     const out = { threads: threads.size, refollows, rollback: config.rollback !== false,
       fridaPatches, readOnly, interceptorThunks: thunks, stubs: stubs === null ? null : stubs.size };
     for (const k of counters) out[k] = 0;

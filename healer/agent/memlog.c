@@ -13,6 +13,7 @@
  * Log layout: entries back to back, each  [u64 addr][u64 len][len bytes, padded to 8][u64 size]
  * where the trailing size (header + padded data + trailer) lets rollback walk backwards.
  */
+#include <gum/guminterceptor.h>
 #include <gum/gumstalker.h>
 #include <string.h>
 
@@ -23,6 +24,7 @@ typedef union _StorePacked StorePacked;
 
 #define MAX_MARKERS 64 /* the core's MAX_FRAMES */
 #define MAX_THREADS 256
+#define STORE_PAGES 2048 /* a thread's cache of the pages record() has read (put_inline_log) */
 
 /* An open transaction's start in the log: rollback undoes back to pos. */
 struct _Marker {
@@ -54,8 +56,10 @@ struct _MemLog {
   guint64 blocks_excluded; /* blocks translated in a read-only routine meant to run natively: 0 */
   guint64 native_calls; /* call sites translated as native calls of a read-only routine */
   guint64 frida_calls;  /* call sites in Frida's code translated as native calls of Frida's */
+  guint64 inline_logged; /* of `logged`, the stores logged by the inline path (put_inline_log) */
   guint64 n;            /* open transactions (markers) */
   Marker markers[MAX_MARKERS];
+  guint64 store_pages[STORE_PAGES]; /* page + 1 at page % STORE_PAGES: read by record() */
 };
 
 enum {
@@ -80,6 +84,7 @@ union _StorePacked {
   guint64 u;
 };
 
+extern MemLog * logs[MAX_THREADS];  /* every followed thread's log (memlog_thread) */
 extern long memlog_process_vm_readv (int pid, const void *local, unsigned long nlocal,
                                      const void *remote, unsigned long nremote,
                                      unsigned long flags);
@@ -135,7 +140,10 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
     return;
   }
   entry = log->buf + log->len;
-  if (masked && ((addr & 4095) + n > 4096))
+  /* a masked store's full width may reach into an unmapped page it does not write: read that
+   * page without faulting, unless it is known readable (store_pages) */
+  if (masked && ((addr & 4095) + n > 4096)
+      && log->store_pages[((addr + n - 1) >> 12) % STORE_PAGES] != ((addr + n - 1) >> 12) + 1)
   {
     guint64 got = safe_read (entry + 16, addr, n);
     if (got < n)
@@ -158,6 +166,48 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
   log->len += total;
   log->logged++;
   log->logged_bytes += n;
+  /* readable: the inline path may read these pages itself from now on */
+  log->store_pages[(addr >> 12) % STORE_PAGES] = (addr >> 12) + 1;
+  log->store_pages[((addr + n - 1) >> 12) % STORE_PAGES] = ((addr + n - 1) >> 12) + 1;
+}
+
+/*
+ * [lo, lo + len) may no longer be readable (munmap, mremap, mprotect without PROT_READ): every
+ * thread's inline path forgets its pages, so a store there goes through record() again and
+ * faults in memlog_store, where the exception handler heals it (a fault inside translated code,
+ * in the inline path's read, is never healed: the process died).
+ */
+static void
+forget_pages (guint64 lo, guint64 len)
+{
+  guint64 first = lo >> 12, last = (lo + (len == 0 ? 1 : len) - 1) >> 12, p;
+  guint k;
+
+  for (k = 0; k < MAX_THREADS; k++)
+  {
+    MemLog * log = logs[k];
+    if (log == NULL)
+      continue;
+    if (last - first >= STORE_PAGES)
+      memset (log->store_pages, 0, sizeof (log->store_pages));
+    else
+      for (p = first; p <= last; p++)
+        if (log->store_pages[p % STORE_PAGES] == p + 1)
+          log->store_pages[p % STORE_PAGES] = 0;
+  }
+}
+
+/* Interceptor.attach onEnter of munmap and mremap (address, length, ...), and of mprotect
+ * (address, length, prot): function data 1. */
+void
+memlog_unmap_enter (GumInvocationContext * ic)
+{
+  guint64 lo = (guint64) gum_invocation_context_get_nth_argument (ic, 0);
+  guint64 len = (guint64) gum_invocation_context_get_nth_argument (ic, 1);
+  if (GUM_IC_GET_FUNC_DATA (ic, gsize) == 1
+      && ((gsize) gum_invocation_context_get_nth_argument (ic, 2) & 1 /* PROT_READ */) != 0)
+    return;
+  forget_pages (lo, len);
 }
 
 /*
@@ -218,7 +268,6 @@ memlog_no_events (const void * event, void * cpu_context, void * user_data)
  * after a root heal) calls memlog_js_enable, which follows the thread with Stalker.  `logs` (from
  * 20_memlog.js) maps a thread's control block (%fs:0, = its fs base) to its MemLog.
  */
-extern MemLog * logs[MAX_THREADS];
 extern void memlog_js_enable (guint64 sp);
 
 static guint64
@@ -392,19 +441,23 @@ memlog_gradual (MemLog * log)
  * stack protector) must fault where the exception handler can heal it.  Stalker would instead
  * try to translate the garbage target inside its own code, and the process died of SIGSEGV with
  * the handler never running.  The transform calls this before every `ret` with its target: a page
- * seen readable before passes at the cost of one cache probe (memlog_ret_pages, direct-mapped,
- * page number + 1; benign races between threads only cost a re-check).  Otherwise the target is
+ * seen readable before passes at the cost of one cache probe (memlog_ret_pages: page number + 1
+ * in a slot chosen by a multiplicative hash; with 4096 slots (page number modulo 4096, or
+ * hashed), two of the ~100 pages Apache returns to shared a slot, as the birthday bound says,
+ * and evicted each other twice a request, each miss two system calls; benign races between
+ * threads only cost a re-check).  Otherwise the target is
  * read without faulting and, if unreadable, read for real: that fault is an ordinary SIGSEGV in a
  * supervised transaction, healed by rollback and a virtualized return.
  */
-#define RET_PAGES 4096
+#define RET_PAGES 65536
+#define RET_HASH 0xffffffff9e3779b1ULL /* an odd imm32 (sign-extended): the slot is bits 16-31 */
 extern guint64 memlog_ret_pages[RET_PAGES];
 
 static void
 memlog_check_ret (guint64 target)
 {
   guint64 page = target >> 12;
-  guint64 * slot = &memlog_ret_pages[page % RET_PAGES];
+  guint64 * slot = &memlog_ret_pages[((page * RET_HASH) >> 16) % RET_PAGES];
   guint8 byte;
   if (*slot == page + 1)
     return;
@@ -581,9 +634,19 @@ static const GumX86Reg saved[N_SAVED] = {
 #define RED_ZONE 128
 #define FRAME (RED_ZONE + 8 * (N_SAVED + 1))  /* + the flags: rsp + FRAME is the store's rsp */
 
-/* Load into dst the value register `num` had at the instruction, with `saved` pushed. */
+/* What the fast path pushes (after the red zone), and where the store's rsp is then. */
+#define N_FAST 3
+static const GumX86Reg fast_saved[N_FAST] = { GUM_X86_RAX, GUM_X86_RCX, GUM_X86_RDX };
+#define FAST_FRAME (RED_ZONE + 8 * N_FAST)
+
+/*
+ * Load into dst the value register `num` had at the instruction, with the n registers of `pushed`
+ * pushed in that order (their values are read from their slots) and the instruction's rsp at
+ * rsp + frame.
+ */
 static void
-load_reg (GumX86Writer * cw, GumX86Reg dst, guint8 num)
+load_reg (GumX86Writer * cw, GumX86Reg dst, guint8 num, const GumX86Reg * pushed, guint n,
+          gssize frame)
 {
   guint i;
 
@@ -594,25 +657,30 @@ load_reg (GumX86Writer * cw, GumX86Reg dst, guint8 num)
   }
   if (num == REG_RSP)
   {
-    gum_x86_writer_put_lea_reg_reg_offset (cw, dst, GUM_X86_RSP, FRAME);
+    gum_x86_writer_put_lea_reg_reg_offset (cw, dst, GUM_X86_RSP, frame);
     return;
   }
-  for (i = 0; i < N_SAVED; i++)
+  for (i = 0; i < n; i++)
   {
-    if (saved[i] == gum_reg[num])
+    if (pushed[i] == gum_reg[num])
     {
-      gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, dst, GUM_X86_RSP, 8 * (N_SAVED - 1 - i));
+      gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, dst, GUM_X86_RSP, 8 * (n - 1 - i));
       return;
     }
   }
   gum_x86_writer_put_mov_reg_reg (cw, dst, gum_reg[num]);
 }
 
-/* The fast path's encodings assume this layout (a compile error otherwise). */
+/* The fast path's encodings assume this layout (a compile error otherwise): rdx holds &skip_lo. */
 #define MEMLOG_OFFSET(field) ((gsize) &((MemLog *) 0)->field)
-typedef char memlog_ret_pages_4096[RET_PAGES == 4096 ? 1 : -1];
-typedef char memlog_skip_hi_at_8[MEMLOG_OFFSET (skip_hi) == MEMLOG_OFFSET (skip_lo) + 8 ? 1 : -1];
-typedef char memlog_skipped_at_40[MEMLOG_OFFSET (skipped) == MEMLOG_OFFSET (skip_lo) + 40 ? 1 : -1];
+#define SKIP_REL(field) ((gint) MEMLOG_OFFSET (field) - (gint) MEMLOG_OFFSET (skip_lo))
+typedef char memlog_ret_pages_65536[RET_PAGES == 65536 ? 1 : -1];
+typedef char memlog_skip_hi_at_8[SKIP_REL (skip_hi) == 8 ? 1 : -1];
+typedef char memlog_skipped_at_40[SKIP_REL (skipped) == 40 ? 1 : -1];
+typedef char memlog_buf_at_m32[SKIP_REL (buf) == -32 && SKIP_REL (cap) == -24
+                               && SKIP_REL (len) == -16 ? 1 : -1];
+typedef char memlog_logged_at_24[SKIP_REL (logged) == 24 && SKIP_REL (logged_bytes) == 32
+                                 && SKIP_REL (inline_logged) == 136 ? 1 : -1];
 
 /* x86 bytes the writer has no helper for. */
 static const guint8 save_flags[] = { 0x9f, 0x0f, 0x90, 0xc0 };     /* lahf; seto al */
@@ -632,10 +700,12 @@ put_jump32 (GumX86Writer * cw, guint8 cc)
   return (gint32 *) (cw->code - 4);
 }
 
+/* Points a jump written by put_jump32 at the current position (NULL: nothing to patch). */
 static void
 patch_jump32 (GumX86Writer * cw, gint32 * rel)
 {
-  *rel = (gint32) (cw->code - ((guint8 *) rel + 4));
+  if (rel != NULL)
+    *rel = (gint32) (cw->code - ((guint8 *) rel + 4));
 }
 
 /* The registers and flags as they were before the fast path (its pushes undone). */
@@ -648,15 +718,138 @@ put_fast_restore (GumX86Writer * cw)
   gum_x86_writer_put_pop_reg (cw, GUM_X86_RAX);
 }
 
+/* rcx = the address the store writes (rdx clobbered), with the fast path's pushes done. */
+static void
+put_store_address (GumX86Writer * cw, const StorePacked * desc, gint64 disp)
+{
+  guint shift;
+
+  if (desc->d.base == 0)
+    gum_x86_writer_put_mov_reg_u64 (cw, GUM_X86_RCX, (guint64) disp);  /* absolute (rip) */
+  else
+    load_reg (cw, GUM_X86_RCX, desc->d.base, fast_saved, N_FAST, FAST_FRAME);
+  if (desc->d.index != 0)
+  {
+    load_reg (cw, GUM_X86_RDX, desc->d.index, fast_saved, N_FAST, FAST_FRAME);
+    for (shift = 0; (1u << shift) < desc->d.scale; shift++)
+      ;
+    if (shift != 0)
+      gum_x86_writer_put_shl_reg_u8 (cw, GUM_X86_RDX, (guint8) shift);
+    gum_x86_writer_put_add_reg_reg (cw, GUM_X86_RCX, GUM_X86_RDX);
+  }
+  if (desc->d.base != 0 && disp != 0)
+    gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RCX, GUM_X86_RCX, (gssize) disp);
+}
+
+/* Whether the inline path logs a store of this size (the rest goes to memlog_store). */
+static gboolean
+inline_size (guint size)
+{
+  return size == 1 || size == 2 || size == 4 || size == 8 || size == 16 || size == 32;
+}
+
 /*
- * The inline fast path of a gated call, for the two cases that need no logging and are most of
- * the calls in Apache (~1,100 each a request under COSAK): a store into the thread's own stack
- * below the transaction (rsp- or rbp-relative, inside [skip_lo, skip_hi): counted as skipped),
- * and a `ret` whose target page memlog_check_ret already found readable (memlog_ret_pages). The
- * flags live in rax meanwhile (lahf and seto, restored by add and sahf: cheaper than pushf and
- * popf), rcx and rdx are scratch. Returns where the fast path jumps to when done (patched by the
- * caller to the end of the whole sequence), or NULL when nothing was written; on a miss it falls
- * through to the full call with every register as it was.
+ * Log inline the store of `size` bytes (inline_size) at rcx, with rdx = &log->skip_lo: the entry
+ * record() would write ([addr][len][old bytes][size]) without its call.  Only on a page record()
+ * has already read (store_pages) and within it: the old bytes are read here, in translated code,
+ * where a fault is never healed, so an address that may not be mapped (a corrupt pointer, the
+ * fault markers of fatal.c) goes to record(), whose read faults in memlog_store where the
+ * exception handler heals it.  Every other case jumps to one of miss[0..2] (patched by the
+ * caller) with rbx still pushed: a page not seen, a store crossing its page, a full log (record()
+ * counts the overflow).
+ */
+static void
+put_inline_log (GumX86Writer * cw, guint size, gint32 ** miss)
+{
+  static const guint8 cmp_rbx_cap[] = { 0x48, 0x3b, 0x5a, 0xe8 };        /* cmp rbx, [rdx-24] */
+  static const guint8 add_rbx_buf[] = { 0x48, 0x03, 0x5a, 0xe0 };        /* add rbx, [rdx-32] */
+  static const guint8 inc_logged[] = { 0x48, 0xff, 0x42, 0x18 };         /* inc qword [rdx+24] */
+  static const guint8 inc_inline[] = { 0x48, 0xff, 0x82, 0x88, 0, 0, 0 }; /* inc qword [rdx+136] */
+  static const guint8 load1[] = { 0x0f, 0xb6, 0x11 };                    /* movzx edx, byte [rcx] */
+  static const guint8 load2[] = { 0x0f, 0xb7, 0x11 };                    /* movzx edx, word [rcx] */
+  static const guint8 load4[] = { 0x8b, 0x11 };                          /* mov edx, [rcx] */
+  static const guint8 page_of_rcx[] = {
+    0x48, 0x89, 0xcb,                                                      /* mov rbx, rcx */
+    0x48, 0xc1, 0xeb, 0x0c,                                                /* shr rbx, 12 */
+    0x48, 0x8d, 0x73, 0x01,                                                /* lea rsi, [rbx+1] */
+    0x81, 0xe3, (STORE_PAGES - 1) & 0xff, (STORE_PAGES - 1) >> 8, 0, 0,    /* and ebx, N-1 */
+  };
+  static const guint8 offset_in_page[] = {
+    0x89, 0xcb,                                                            /* mov ebx, ecx */
+    0x81, 0xe3, 0xff, 0x0f, 0x00, 0x00,                                    /* and ebx, 4095 */
+  };
+  const gint entry = 16 + (gint) ((size + 7) & ~7u) + 8;
+  guint8 cmp_page[] = { 0x48, 0x3b, 0xb4, 0xda, 0, 0, 0, 0 };            /* cmp rsi, [rdx+rbx*8+d32] */
+  guint8 cmp_fits[] = { 0x81, 0xfb, 0, 0, 0, 0 };                        /* cmp ebx, 4096 - size */
+  guint8 add_bytes[] = { 0x48, 0x83, 0x42, 0x20, (guint8) size };        /* add [rdx+32], size */
+  guint8 put_imm[] = { 0x48, 0xc7, 0x43, 0, 0, 0, 0, 0 };                /* mov qword [rbx+d8], imm32 */
+  guint k;
+
+  gum_x86_writer_put_push_reg (cw, GUM_X86_RBX);
+  gum_x86_writer_put_push_reg (cw, GUM_X86_RSI);
+  gum_x86_writer_put_bytes (cw, page_of_rcx, sizeof (page_of_rcx));
+  *(gint32 *) (cmp_page + 4) = SKIP_REL (store_pages);
+  gum_x86_writer_put_bytes (cw, cmp_page, sizeof (cmp_page));
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RSI);                         /* flags untouched */
+  miss[0] = put_jump32 (cw, 0x85);                                       /* jne: not seen */
+  gum_x86_writer_put_bytes (cw, offset_in_page, sizeof (offset_in_page));
+  *(guint32 *) (cmp_fits + 2) = 4096 - size;
+  gum_x86_writer_put_bytes (cw, cmp_fits, sizeof (cmp_fits));
+  miss[1] = put_jump32 (cw, 0x87);                                       /* ja: crosses the page */
+  gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, GUM_X86_RBX, GUM_X86_RDX, SKIP_REL (len));
+  gum_x86_writer_put_add_reg_imm (cw, GUM_X86_RBX, entry);
+  gum_x86_writer_put_bytes (cw, cmp_rbx_cap, sizeof (cmp_rbx_cap));
+  miss[2] = put_jump32 (cw, 0x87);                                       /* ja: the log is full */
+  gum_x86_writer_put_mov_reg_offset_ptr_reg (cw, GUM_X86_RDX, SKIP_REL (len), GUM_X86_RBX);
+  gum_x86_writer_put_bytes (cw, add_rbx_buf, sizeof (add_rbx_buf));      /* rbx: the entry's end */
+  gum_x86_writer_put_mov_reg_offset_ptr_reg (cw, GUM_X86_RBX, -entry, GUM_X86_RCX);
+  put_imm[3] = (guint8) (8 - entry);
+  *(guint32 *) (put_imm + 4) = size;
+  gum_x86_writer_put_bytes (cw, put_imm, sizeof (put_imm));
+  put_imm[3] = (guint8) -8;
+  *(guint32 *) (put_imm + 4) = (guint32) entry;
+  gum_x86_writer_put_bytes (cw, put_imm, sizeof (put_imm));
+  gum_x86_writer_put_bytes (cw, inc_logged, sizeof (inc_logged));
+  gum_x86_writer_put_bytes (cw, add_bytes, sizeof (add_bytes));
+  gum_x86_writer_put_bytes (cw, inc_inline, sizeof (inc_inline));
+  /* the old bytes, through rdx (done with the log's fields) */
+  for (k = 0; k < size; k += 8)
+  {
+    if (size == 1)
+      gum_x86_writer_put_bytes (cw, load1, sizeof (load1));
+    else if (size == 2)
+      gum_x86_writer_put_bytes (cw, load2, sizeof (load2));
+    else if (size == 4)
+      gum_x86_writer_put_bytes (cw, load4, sizeof (load4));
+    else
+      gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, GUM_X86_RDX, GUM_X86_RCX, k);
+    gum_x86_writer_put_mov_reg_offset_ptr_reg (cw, GUM_X86_RBX, 16 - entry + (gint) k, GUM_X86_RDX);
+  }
+  gum_x86_writer_put_pop_reg (cw, GUM_X86_RBX);
+}
+
+/* A jmp back to `target`, an earlier position of the same block. */
+static void
+put_jump_back (GumX86Writer * cw, const guint8 * target)
+{
+  guint8 jmp[5] = { 0xe9, 0, 0, 0, 0 };
+
+  *(gint32 *) (jmp + 1) = (gint32) (target - (cw->code + 5));
+  gum_x86_writer_put_bytes (cw, jmp, sizeof (jmp));
+}
+
+/*
+ * The inline fast path of a gated call, for the cases that need no call, most of them in Apache
+ * under COSAK: a store into the thread's own stack below the transaction (its address inside
+ * [skip_lo, skip_hi): counted as skipped), any other store of 1-32 bytes (logged inline,
+ * put_inline_log), and a `ret` whose target page memlog_check_ret already found readable
+ * (memlog_ret_pages). The flags live in rax meanwhile (lahf and seto, restored by add and sahf:
+ * cheaper than pushf and popf), rcx and rdx are scratch (rbx too while logging). Left to the full
+ * call: fs:, 32-bit addressing, rep and masked stores, other sizes, a store that straddles
+ * skip_hi (record() splits it), a page record() has not read yet or one crossing its page, a full
+ * log. Returns where the fast path jumps to when done
+ * (patched by the caller to the end of the whole sequence), or NULL when nothing was written; on
+ * a miss it falls through to the full call with every register as it was.
  */
 static gint32 *
 put_fast_path (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint64 disp)
@@ -664,21 +857,21 @@ put_fast_path (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint64
   static const guint8 cmp_rcx_rdx[] = { 0x48, 0x3b, 0x0a };         /* cmp rcx, [rdx] */
   static const guint8 cmp_rcx_rdx8[] = { 0x48, 0x3b, 0x4a, 0x08 };  /* cmp rcx, [rdx+8] */
   static const guint8 inc_rdx40[] = { 0x48, 0xff, 0x42, 0x28 };     /* inc qword [rdx+40] */
-  static const guint8 page_index[] = {
+  static const guint8 page_index[] = {                               /* memlog_check_ret's slot */
     0x48, 0xc1, 0xea, 0x0c,                                           /* shr rdx, 12 */
-    0x48, 0x8d, 0x4a, 0x01,                                           /* lea rcx, [rdx+1] */
-    0x81, 0xe2, 0xff, 0x0f, 0x00, 0x00,                               /* and edx, 4095 */
-    0x48, 0xc1, 0xe2, 0x03,                                           /* shl rdx, 3 */
+    0x48, 0x69, 0xca, 0xb1, 0x79, 0x37, 0x9e,                         /* imul rcx, rdx, RET_HASH */
+    0x48, 0xc1, 0xe9, 0x10,                                           /* shr rcx, 16 */
+    0x81, 0xe1, 0xff, 0xff, 0x00, 0x00,                               /* and ecx, RET_PAGES - 1 */
+    0x48, 0xc1, 0xe1, 0x03,                                           /* shl rcx, 3 */
+    0x48, 0xff, 0xc2,                                                 /* inc rdx */
   };
-  static const guint8 cmp_rcx_rbx_rdx[] = { 0x48, 0x3b, 0x0c, 0x13 }; /* cmp rcx, [rbx+rdx] */
-  const gint64 pushed = 3 * 8;  /* rax, rcx, rdx */
-  gint32 * miss[2] = { NULL, NULL };
-  gint32 * done;
-  guint i;
+  static const guint8 cmp_rdx_rbx_rcx[] = { 0x48, 0x3b, 0x14, 0x0b }; /* cmp rdx, [rbx+rcx] */
+  gint32 * miss[4] = { NULL, NULL, NULL, NULL };
+  gint32 * below = NULL, * above = NULL, * done;
+  const guint8 * tail;
+  guint i, size = desc != NULL ? desc->d.size : 0;
 
-  if (desc != NULL && (desc->d.index != 0 || (desc->d.flags & (DESC_REP | DESC_FS | DESC_ADDR32
-      | DESC_MASKED)) != 0 || (desc->d.base != REG_RSP && desc->d.base != 7)
-      || disp < -0x7fffffffLL || disp > 0x7fffffffLL - 512))
+  if (desc != NULL && (desc->d.flags & (DESC_REP | DESC_FS | DESC_ADDR32 | DESC_MASKED)) != 0)
     return NULL;
 
   gum_x86_writer_put_push_reg (cw, GUM_X86_RAX);
@@ -687,35 +880,53 @@ put_fast_path (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint64
   gum_x86_writer_put_push_reg (cw, GUM_X86_RDX);
   if (desc != NULL)
   {
-    /* the store's address: rsp as it was at the instruction, or rbp (never pushed here) */
-    if (desc->d.base == REG_RSP)
-      gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RCX, GUM_X86_RSP, RED_ZONE + pushed + disp);
-    else
-      gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RCX, GUM_X86_RBP, disp);
+    put_store_address (cw, desc, disp);
     gum_x86_writer_put_mov_reg_address (cw, GUM_X86_RDX, GUM_ADDRESS (&log->skip_lo));
     gum_x86_writer_put_bytes (cw, cmp_rcx_rdx, sizeof (cmp_rcx_rdx));
-    miss[0] = put_jump32 (cw, 0x82);                                  /* jb: below skip_lo */
-    gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RCX, GUM_X86_RCX, desc->d.size);
+    below = put_jump32 (cw, 0x82);                                    /* jb: below skip_lo */
+    gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RCX, GUM_X86_RCX, size);
     gum_x86_writer_put_bytes (cw, cmp_rcx_rdx8, sizeof (cmp_rcx_rdx8));
-    miss[1] = put_jump32 (cw, 0x87);                                  /* ja: ends past skip_hi */
+    above = put_jump32 (cw, 0x87);                                    /* ja: ends past skip_hi */
     gum_x86_writer_put_bytes (cw, inc_rdx40, sizeof (inc_rdx40));
   }
   else
   {
-    gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, GUM_X86_RDX, GUM_X86_RSP, RED_ZONE + pushed);
+    gum_x86_writer_put_mov_reg_reg_offset_ptr (cw, GUM_X86_RDX, GUM_X86_RSP, FAST_FRAME);
     gum_x86_writer_put_bytes (cw, page_index, sizeof (page_index));
     gum_x86_writer_put_push_reg (cw, GUM_X86_RBX);
     gum_x86_writer_put_mov_reg_address (cw, GUM_X86_RBX, GUM_ADDRESS (memlog_ret_pages));
-    gum_x86_writer_put_bytes (cw, cmp_rcx_rbx_rdx, sizeof (cmp_rcx_rbx_rdx));
+    gum_x86_writer_put_bytes (cw, cmp_rdx_rbx_rcx, sizeof (cmp_rdx_rbx_rcx));
     gum_x86_writer_put_pop_reg (cw, GUM_X86_RBX);                     /* flags untouched */
     miss[0] = put_jump32 (cw, 0x85);                                  /* jne: page not seen */
   }
+  tail = cw->code;
   put_fast_restore (cw);
   gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RSP, GUM_X86_RSP, RED_ZONE);
   done = put_jump32 (cw, 0);
-  for (i = 0; i < G_N_ELEMENTS (miss); i++)
-    if (miss[i] != NULL)
+  if (desc != NULL && inline_size (size))
+  {
+    /* past skip_hi: logged, unless it starts below skip_hi (straddles it) */
+    patch_jump32 (cw, above);
+    gum_x86_writer_put_lea_reg_reg_offset (cw, GUM_X86_RCX, GUM_X86_RCX, -(gssize) size);
+    gum_x86_writer_put_bytes (cw, cmp_rcx_rdx8, sizeof (cmp_rcx_rdx8));
+    miss[0] = put_jump32 (cw, 0x82);                                  /* jb: straddles */
+    patch_jump32 (cw, below);
+    put_inline_log (cw, size, &miss[1]);
+    put_jump_back (cw, tail);
+    for (i = 1; i < G_N_ELEMENTS (miss); i++)
+    {
       patch_jump32 (cw, miss[i]);
+      miss[i] = NULL;
+    }
+    gum_x86_writer_put_pop_reg (cw, GUM_X86_RBX);
+  }
+  else if (desc != NULL)
+  {
+    miss[0] = below;
+    miss[1] = above;
+  }
+  for (i = 0; i < G_N_ELEMENTS (miss); i++)
+    patch_jump32 (cw, miss[i]);
   put_fast_restore (cw);
   return done;
 }
@@ -754,9 +965,9 @@ put_gated_call (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint6
     gum_x86_writer_put_push_reg (cw, saved[i]);
   if (desc != NULL)
   {
-    load_reg (cw, GUM_X86_RDI, desc->d.base);
-    load_reg (cw, GUM_X86_RSI, desc->d.index);
-    load_reg (cw, GUM_X86_RDX, 3);            /* rcx: rep's count */
+    load_reg (cw, GUM_X86_RDI, desc->d.base, saved, N_SAVED, FRAME);
+    load_reg (cw, GUM_X86_RSI, desc->d.index, saved, N_SAVED, FRAME);
+    load_reg (cw, GUM_X86_RDX, 3, saved, N_SAVED, FRAME);  /* rcx: rep's count */
     gum_x86_writer_put_mov_reg_address (cw, GUM_X86_RCX, GUM_ADDRESS (log));
     gum_x86_writer_put_mov_reg_u64 (cw, GUM_X86_R8, (guint64) disp);
     gum_x86_writer_put_mov_reg_u64 (cw, GUM_X86_R9, desc->u);

@@ -35,6 +35,9 @@ def test_rollback_restores_every_region(memlog_target, opt, mode):
         assert regions(line) == regions(before), (line, before)
     assert stats["overflows"] == 0
     assert stats["restored"] == stats["logged"] > 0
+    # both ways of logging were taken: inline (plain stores of 1-32 bytes: globals, indexed
+    # history[i], the caller's frame, vector copies) and memlog_store (rep stos, masked tails)
+    assert 0 < stats["inlineLogged"] < stats["logged"]
     assert target.alive()
 
 

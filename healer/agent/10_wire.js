@@ -6,8 +6,8 @@
 // the line queue and the send()s to vproxy's control socket, so that neither a supervised call nor
 // a socket I/O enters JavaScript (each JS entry, and each memory read from JS, costs Frida one or
 // two gettid() syscalls). This file pairs with the gateway (HELLO) and pairs again after a fork or
-// a lost connection, runs a 50 ms sweep of lines left queued, calls the memory log's gradual commit, sends
-// ABORT and UNGUARD, logs, and reports counters.
+// a lost connection, runs a 50 ms sweep of lines left queued, sends ABORT and UNGUARD, logs, and
+// reports counters. The memory log's gradual commit is called from C too (useGradual).
 //
 // COMMIT, ABORT, GRADUAL, RELEASE and CLOSE are flushed at once: the gateway is holding the
 // client's bytes until they arrive. Nothing is dropped silently: a lagging gateway is waited for
@@ -70,12 +70,6 @@ const _wireModule = (function () {
     const symbols = {
       wire: mem.wire, socks: mem.socks, stacks: mem.stacks,
       wire_js_reconnect: callback(() => (reconnect() ? 1 : 0), 'int64', []),
-      // The memory log's gradual commit is per thread (everything logged so far on it): only the
-      // thread is passed, as building the transaction object would read ~17 words a frame from
-      // JavaScript (each read a gettid() in Frida).
-      wire_js_gradual: callback(() => {
-        Sead.memlog.gradual({ threadId: Process.getCurrentThreadId() });
-      }, 'void', []),
       wire_js_note: callback(note, 'void', []),
     };
     for (const n of ['socket', 'connect', 'send', 'recv', 'poll', 'close', 'getpid', 'sched_yield',
@@ -211,7 +205,6 @@ const _wireModule = (function () {
       if (control !== null) {
         pid = c.getpid();
         mem.wire.add(W.control).writeU64(1);
-        mem.wire.add(W.memlog).writeU64(Sead.plugins.some(p => p.name === 'memlog') ? 1 : 0);
         reconnect();
         if (!connected()) lastAttempt = 0;
         setInterval(() => c.timer(), SWEEP_MS);
@@ -219,6 +212,12 @@ const _wireModule = (function () {
       installHooks();
     },
     connected,
+    // The memory log's gradual commit of the calling thread (a C function, void (void)), which
+    // wire.c calls before a read that waits on output it released (GRADUAL); set by the memory
+    // log's init. Natively: through JavaScript it cost Frida three gettid() a request in Apache.
+    useGradual(fn) {
+      if (mem !== null) mem.wire.add(W.memlog).writePointer(fn);
+    },
     // fd's cid (a CONN line the first time), or null if it is not a connected TCP socket
     cidOf(sfd) {
       const s = sockAt(sfd);

@@ -69,7 +69,6 @@ const _memlogModule = (function () {
     const opts = { exceptions: 'propagate' };
     cm._abort = new NativeFunction(cm.memlog_abort, 'int64', ['pointer', 'uint64', 'int', 'pointer'],
       opts);
-    cm._gradual = new NativeFunction(cm.memlog_gradual, 'uint64', ['pointer'], opts);
     cm._register = new NativeFunction(cm.memlog_register, 'int', ['pointer'], opts);
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
     forgetUnmapped(libc);
@@ -474,13 +473,6 @@ const _memlogModule = (function () {
     return { restored, complete };
   }
 
-  // Gradual commit: tx is about to do I/O that cannot be taken back; everything logged so far on
-  // its thread (tx and its ancestors) becomes permanent.
-  function gradual(tx) {
-    const st = threads.get(tx.threadId);
-    return st === undefined ? 0 : cm._gradual(st.log).toNumber();
-  }
-
   // A fault was healed: `context` resumes the thread at its caller. With a parent transaction
   // still open, the thread must be followed again at once (makeResumeStub). With none, nothing
   // needs logging until the next transaction, which follows the thread again (enableThread): the
@@ -525,7 +517,16 @@ const _memlogModule = (function () {
     return { begin: cm.memlog_begin, commit: cm.memlog_commit };
   }
 
-  return { detach, unfollowAll, configure, enableThread, rollback, gradual, beforeResume, stats, nativeHooks };
+  // Gradual commit, from C (the wire's GRADUAL): memlog_gradual_here makes everything logged so
+  // far on the calling thread (its transactions and their ancestors) permanent, before I/O that
+  // cannot be taken back.
+  function nativeGradual() {
+    load();
+    return cm.memlog_gradual_here;
+  }
+
+  return { detach, unfollowAll, configure, enableThread, rollback, beforeResume, stats, nativeHooks,
+    nativeGradual };
 })();
 
 Sead.memlog = _memlogModule;
@@ -535,6 +536,7 @@ Sead.use({
   init(config) {
     _memlogModule.configure(config);
     Sead.txn.addNativeHooks(_memlogModule.nativeHooks());
+    if (Sead.wire !== undefined) Sead.wire.useGradual(_memlogModule.nativeGradual());
   },
   onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
   beforeResume(tx, context) { _memlogModule.beforeResume(tx, context); },

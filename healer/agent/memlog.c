@@ -436,6 +436,15 @@ memlog_gradual (MemLog * log)
   return len;
 }
 
+/* memlog_gradual for the calling thread (wire.c's GRADUAL, through Sead.wire.useGradual). */
+void
+memlog_gradual_here (void)
+{
+  MemLog * log = memlog_thread ();
+  if (log != NULL)
+    memlog_gradual (log);
+}
+
 /*
  * A `ret` of a followed thread to an address that is not mapped (a smashed return address, no
  * stack protector) must fault where the exception handler can heal it.  Stalker would instead

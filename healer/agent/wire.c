@@ -85,7 +85,9 @@ typedef struct {
 typedef struct {
   guint64 lock;            /* the owner's thread key, 0 when free */
   gint64 fd;               /* control connection, -1 when there is none */
-  guint64 pid, cgen, control, memlog, first_us, gen, n, text_len, n_tcp, next_cid;
+  guint64 pid, cgen, control;
+  guint64 memlog;          /* the memory log's gradual commit of the calling thread, 0: none */
+  guint64 first_us, gen, n, text_len, n_tcp, next_cid;
   guint64 fd_end;          /* above the highest fd ever seen as a TCP socket */
   /* counters (10_wire.js stats(): same order) */
   guint64 lines, flushes, bytes, lost_lines, errs, gradual, send_failures, announced, commits,
@@ -118,7 +120,6 @@ extern Sock socks[MAX_FD];
 extern Stack stacks[MAX_THREADS];
 /* 10_wire.js */
 extern gint64 wire_js_reconnect (void);   /* pair again (fork, lost connection): 1 if connected */
-extern void wire_js_gradual (void);       /* the memory log's gradual commit for this thread */
 extern void wire_js_note (void);          /* log wire.lost_why / wire.errline */
 
 static guint64
@@ -854,7 +855,7 @@ before_input (Sock * s)
   if (any)
   {
     if (wire.memlog)
-      wire_js_gradual ();
+      ((void (*) (void)) wire.memlog) ();
     wire_flush ();
   }
 }

@@ -50,6 +50,36 @@ class _Tx:
         return tx
 
 
+def _gradual_commit(tx: _Tx, link: Link) -> None:
+    """GRADUAL: the output ``tx`` and its ancestors wrote on ``link`` so far is released for good,
+    and every input its thread's open transactions (its ancestors and descendants) read so far was
+    made permanent with the memory. Both leave the transactions: a later abort can neither discard
+    nor replace that output (bytes still on their way go out when they arrive) nor replay that
+    input, whose copy is dropped. (A connection-long transaction, as Apache's under COSAK, also
+    no longer carries every request's ranges to the end.)"""
+    ancestors = []
+    t: _Tx | None = tx
+    while t is not None:
+        ancestors.append(t)
+        t = t.parent
+    family, stack = ancestors[1:], [tx]
+    while stack:
+        family.append(t := stack.pop())
+        stack += t.children
+    consumed: dict[Link, int] = {}
+    for t in family:
+        for lk, _, end in t.ins:
+            consumed[lk] = max(consumed.get(lk, 0), end)
+        t.ins = []
+    for t in ancestors:
+        for lk, rng in t.out:
+            if lk is link and rng.state == HELD:
+                rng.state = RELEASED
+        t.out = [(lk, rng) for lk, rng in t.out if lk is not link]
+    for lk, end in consumed.items():
+        lk.input_committed(end)
+
+
 class _Binding:
     __slots__ = ("key", "link", "waiting")
 
@@ -251,12 +281,7 @@ class ControlSession:
             else:
                 owner.ins.append((link, msg.start, msg.end))
         elif kind is c.Gradual and tx is not None:
-            t: _Tx | None = tx
-            while t is not None:
-                for lk, rng in t.out:
-                    if lk is link and rng.state == HELD:
-                        rng.state = RELEASED
-                t = t.parent
+            _gradual_commit(tx, link)
             link.kick()
         elif kind is c.Release:
             assert isinstance(msg, c.Release)

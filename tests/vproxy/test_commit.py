@@ -154,6 +154,28 @@ async def test_gradual_commit_avoids_request_response_deadlock(start_gateway, up
     assert await net.recv_exactly(client, 10) == b"hello bob\n"
 
 
+async def test_what_a_gradual_commit_released_stays_released_after_an_abort(
+        start_gateway, upstream, net):
+    """A connection-long transaction (Apache under COSAK) commits gradually before each read; an
+    abort later rolls back only what came after: output released by a GRADUAL goes out even if it
+    arrives after the abort, and input read before it is not replayed (its effects were made
+    permanent with the memory)."""
+    serving, ctl, client, server = await net.guarded_pair(
+        start_gateway, upstream, on_rollback_input="replay", on_abort="drop")
+    await net.send(client, b"bob\n")
+    assert await net.recv_exactly(server, 4) == b"bob\n"
+    await ctl.send(Begin(1, None), Io(1, 1, "in", 0, 4), Io(1, 1, "out", 0, 6), Gradual(1, 1))
+    await ctl.sync()
+    await ctl.send(Io(1, 1, "out", 6, 10), Abort(1, "SIGSEGV"))
+    await ctl.sync()
+    await net.send(server, b"name? LOST")  # the released prompt arrives after the abort
+    assert await net.recv_exactly(client, 6) == b"name? "
+    await net.assert_silent(client, 0.1)   # what came after the gradual commit is discarded
+    await net.assert_silent(server, 0.1)   # and "bob\n" is not replayed
+    stats = serving.gateway.stats
+    assert stats.bytes_discarded == 4 and stats.bytes_replayed == 0
+
+
 async def test_replay_delivers_held_input_again(start_gateway, upstream, net):
     serving, ctl, client, server = await net.guarded_pair(
         start_gateway, upstream, on_rollback_input="replay", replay_budget=1, on_abort="drop")

@@ -7,8 +7,10 @@
  *   call F      run update_account(F) (F=1: fault after every change), then print the state line
  *   state       print the state line
  *   bench N K   call bench_stores() N times (K <= 1000 stores each), print "bench ns=NS_PER_CALL"
- *   poke        poke() a byte of a page of its own, print "poke ret=R"
- *   unmap       munmap that page (a later poke faults there), print "unmapped"
+ *   poke P      poke() a byte of page P (mmap: mmap'd at start; brk: the heap's last page, from
+ *               sbrk at start), print "poke ret=R"
+ *   drop HOW    make that page unreadable (a later poke faults there), print "dropped HOW":
+ *               munmap, mprotect (PROT_NONE), brk (sbrk gives the brk page back)
  *   quit
  *
  * State line: "state global=HASH heap=HASH frame=HASH ret=R" (FNV-1a of the exact bytes), so a test
@@ -20,6 +22,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "memlog_probe.h"
 
@@ -69,7 +72,8 @@ bench_stores (long seed, int stores)
   return g_bench[0];
 }
 
-unsigned char *g_page; /* a page of its own, mmap'd at start, munmap'd by `unmap` */
+unsigned char *g_page; /* a page of its own, mmap'd at start (`poke mmap`) */
+unsigned char *g_brk;  /* the heap's last page, from sbrk at start (`poke brk`) */
 
 /* A store through a pointer: logged inline by the memory log once its page is known readable. */
 __attribute__((noinline)) int
@@ -123,15 +127,21 @@ serve (void)
       long n = strtol (line + 6, &end, 10);
       bench (n, (int) strtol (end, NULL, 10));
     }
-    else if (strncmp (line, "poke", 4) == 0)
+    else if (strncmp (line, "poke ", 5) == 0)
     {
-      printf ("poke ret=%d\n", poke (g_page));
+      printf ("poke ret=%d\n", poke (strncmp (line + 5, "brk", 3) == 0 ? g_brk : g_page));
       fflush (stdout);
     }
-    else if (strncmp (line, "unmap", 5) == 0)
+    else if (strncmp (line, "drop ", 5) == 0)
     {
-      munmap (g_page, 4096);
-      printf ("unmapped\n");
+      const char *how = line + 5;
+      if (strncmp (how, "munmap", 6) == 0)
+        munmap (g_page, 4096);
+      else if (strncmp (how, "mprotect", 8) == 0)
+        mprotect (g_page, 4096, PROT_NONE);
+      else if (strncmp (how, "brk", 3) == 0)
+        sbrk (-4096);
+      printf ("dropped %.*s\n", (int) strcspn (how, "\n"), how);
       fflush (stdout);
     }
     else if (strncmp (line, "quit", 4) == 0)
@@ -143,11 +153,17 @@ serve (void)
 int
 main (void)
 {
+  static char inbuf[4096];
+  setvbuf (stdin, inbuf, _IOFBF, sizeof inbuf); /* no malloc for it after the sbrk below */
   g_heap = malloc (HEAP_SIZE);
   g_page = mmap (NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  for (int i = 0; i < HEAP_SIZE; i++)
-    g_heap[i] = (unsigned char) (i * 7);
+  /* a page of its own at the break, page-aligned; nothing calls malloc after this (stdout's
+   * buffer exists once "ready" is printed), so giving it back shrinks nothing else */
   printf ("ready\n");
   fflush (stdout);
+  sbrk (4096 - ((unsigned long) sbrk (0) & 4095));
+  g_brk = sbrk (4096);
+  for (int i = 0; i < HEAP_SIZE; i++)
+    g_heap[i] = (unsigned char) (i * 7);
   return serve ();
 }

@@ -84,10 +84,12 @@ const _memlogModule = (function () {
   // read before (a fault in translated code is never healed); a page that may stop being
   // readable is forgotten first. C listeners: no JavaScript per call.
   function forgetUnmapped(libc) {
-    for (const name of ['munmap', 'mremap']) {
-      Interceptor.attach(libc.getExportByName(name), { onEnter: cm.memlog_unmap_enter }, ptr(0));
+    // Not mmap (MAP_FIXED over a readable page): a hook on it broke Frida's child gating, whose
+    // fork path maps memory (a forked worker never got its agent, tests/healer/test_fork.py).
+    const how = { munmap: 0, mremap: 0, mprotect: 1, brk: 2 }; // memlog.c's FORGET_*
+    for (const [name, data] of Object.entries(how)) {
+      Interceptor.attach(libc.getExportByName(name), { onEnter: cm.memlog_unmap_enter }, ptr(data));
     }
-    Interceptor.attach(libc.getExportByName('mprotect'), { onEnter: cm.memlog_unmap_enter }, ptr(1));
   }
 
   // Frida's agent is mapped from a memfd and hidden from enumerateModules(); its code must run

@@ -172,7 +172,8 @@ record (MemLog *log, guint64 addr, guint64 n, int masked)
 }
 
 /*
- * [lo, lo + len) may no longer be readable (munmap, mremap, mprotect without PROT_READ): every
+ * [lo, lo + len) may no longer be readable (munmap, mremap, mprotect without PROT_READ, the break
+ * moved): every
  * thread's inline path forgets its pages, so a store there goes through record() again and
  * faults in memlog_store, where the exception handler heals it (a fault inside translated code,
  * in the inline path's read, is never healed: the process died).
@@ -197,17 +198,27 @@ forget_pages (guint64 lo, guint64 len)
   }
 }
 
-/* Interceptor.attach onEnter of munmap and mremap (address, length, ...), and of mprotect
- * (address, length, prot): function data 1. */
+/* How a hooked call may make pages unreadable (its function data in 20_memlog.js). */
+enum {
+  FORGET_RANGE,       /* munmap, mremap (address, length) */
+  FORGET_UNLESS_READ, /* mprotect (address, length, prot): unless prot has PROT_READ */
+  FORGET_ALL,         /* brk (the break moves: the heap's top pages may go) */
+};
+
+/* Interceptor.attach onEnter of those calls: every thread forgets the pages they may take away. */
 void
 memlog_unmap_enter (GumInvocationContext * ic)
 {
+  gsize how = GUM_IC_GET_FUNC_DATA (ic, gsize);
   guint64 lo = (guint64) gum_invocation_context_get_nth_argument (ic, 0);
   guint64 len = (guint64) gum_invocation_context_get_nth_argument (ic, 1);
-  if (GUM_IC_GET_FUNC_DATA (ic, gsize) == 1
+  if (how == FORGET_UNLESS_READ
       && ((gsize) gum_invocation_context_get_nth_argument (ic, 2) & 1 /* PROT_READ */) != 0)
     return;
-  forget_pages (lo, len);
+  if (how == FORGET_ALL)
+    forget_pages (0, ~(guint64) 0);
+  else
+    forget_pages (lo, len);
 }
 
 /*

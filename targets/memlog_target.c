@@ -9,8 +9,9 @@
  *   bench N K   call bench_stores() N times (K <= 1000 stores each), print "bench ns=NS_PER_CALL"
  *   poke P      poke() a byte of page P (mmap: mmap'd at start; brk: the heap's last page, from
  *               sbrk at start), print "poke ret=R"
- *   drop HOW    make that page unreadable (a later poke faults there), print "dropped HOW":
- *               munmap, mprotect (PROT_NONE), brk (sbrk gives the brk page back)
+ *   drop HOW    make that page take no store (a later poke faults there), print "dropped HOW":
+ *               munmap, mprotect (PROT_NONE), readonly (PROT_READ), brk (sbrk gives the brk
+ *               page back)
  *   quit
  *
  * State line: "state global=HASH heap=HASH frame=HASH ret=R" (FNV-1a of the exact bytes), so a test
@@ -139,6 +140,8 @@ serve (void)
         munmap (g_page, 4096);
       else if (strncmp (how, "mprotect", 8) == 0)
         mprotect (g_page, 4096, PROT_NONE);
+      else if (strncmp (how, "readonly", 8) == 0)
+        mprotect (g_page, 4096, PROT_READ);
       else if (strncmp (how, "brk", 3) == 0)
         sbrk (-4096);
       printf ("dropped %.*s\n", (int) strcspn (how, "\n"), how);

@@ -67,8 +67,8 @@ const _memlogModule = (function () {
       memlog_frida_code: fridaCode, memlog_read_only_code: readOnlyCode,
     });
     const opts = { exceptions: 'propagate' };
-    cm._abort = new NativeFunction(cm.memlog_abort, 'int64', ['pointer', 'uint64', 'int', 'pointer'],
-      opts);
+    cm._abort = new NativeFunction(cm.memlog_abort, 'int64',
+      ['pointer', 'uint64', 'int', 'pointer', 'uint64'], opts);
     cm._register = new NativeFunction(cm.memlog_register, 'int', ['pointer'], opts);
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
     forgetUnmapped(libc);
@@ -461,11 +461,15 @@ const _memlogModule = (function () {
 
   // Undo tx's stores (and those of any open child), newest first. With config.rollback === false
   // (tests that prove the log matters) the entries are dropped without restoring.
-  function rollback(tx) {
+  // `written`: where the store that faulted would have written (fault.written), or null. Its page
+  // is left alone: the store changed nothing there, and a read-only page (a write to a string
+  // literal) would fault again, inside the exception handler, if its old bytes were put back.
+  function rollback(tx, written) {
     const st = threads.get(tx.threadId);
     const flag = Memory.alloc(8);
+    const page = written ? uint64(written.toString()).and(uint64('0xfffffffffffff000')) : uint64(0);
     const restored = st === undefined ? -1
-      : cm._abort(st.log, uint64(tx.id), config.rollback === false ? 0 : 1, flag).toNumber();
+      : cm._abort(st.log, uint64(tx.id), config.rollback === false ? 0 : 1, flag, page).toNumber();
     if (restored < 0) return { restored: 0, complete: false, why: 'no marker for this transaction' };
     const complete = flag.readU64().toNumber() !== 0;
     if (!complete) {
@@ -540,7 +544,7 @@ Sead.use({
     Sead.txn.addNativeHooks(_memlogModule.nativeHooks());
     if (Sead.wire !== undefined) Sead.wire.useGradual(_memlogModule.nativeGradual());
   },
-  onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx); },
+  onTxAbort(tx, fault) { fault.memlog = _memlogModule.rollback(tx, fault.written); },
   beforeResume(tx, context) { _memlogModule.beforeResume(tx, context); },
   status() { return { memlog: _memlogModule.stats() }; },
   beforeUnhook() { _memlogModule.unfollowAll(); },

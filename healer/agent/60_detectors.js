@@ -26,7 +26,9 @@ Sead.detectors = (() => {
     }
     const kind = SIGNALS[d.type] || d.type;
     const detail = m !== null ? `${d.type} (${d.memory.operation} at ${m})` : d.type;
-    return { kind, address: d.address, detail };
+    // a store that faulted wrote nothing: the memory log must not write its old bytes back there
+    const written = m !== null && d.memory.operation === 'write' ? m : null;
+    return { kind, address: d.address, detail, written };
   }
 
   function onException(d) {

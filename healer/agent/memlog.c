@@ -245,9 +245,11 @@ memlog_store (guint64 base, guint64 index, guint64 rcx, MemLog * log, gint64 dis
   record (log, addr, n, (p.d.flags & DESC_MASKED) != 0);
 }
 
-/* Undo every entry above pos, newest first; the log shrinks to pos. Returns entries restored. */
+/* Undo every entry above pos, newest first; the log shrinks to pos. Bytes on the page at `skip`
+ * (non-zero: the page a faulting store would have written) stay as they are: that store wrote
+ * nothing, and the page may be read-only.  Returns entries restored. */
 guint64
-memlog_rollback (MemLog *log, guint64 pos)
+memlog_rollback (MemLog *log, guint64 pos, guint64 skip)
 {
   guint64 count = 0;
 
@@ -258,7 +260,17 @@ memlog_rollback (MemLog *log, guint64 pos)
     guint64 addr = *(guint64 *) entry;
     guint64 n = *(guint64 *) (entry + 8);
 
-    copy_bytes ((guint8 *) addr, entry + 16, n);
+    if (skip != 0 && addr < skip + 4096 && addr + n > skip)
+    {
+      /* the parts before and after that page (a `rep` store that faulted half way) */
+      if (addr < skip)
+        copy_bytes ((guint8 *) addr, entry + 16, skip - addr);
+      if (addr + n > skip + 4096)
+        copy_bytes ((guint8 *) (skip + 4096), entry + 16 + (skip + 4096 - addr),
+                    addr + n - (skip + 4096));
+    }
+    else
+      copy_bytes ((guint8 *) addr, entry + 16, n);
     log->len -= total;
     count++;
   }
@@ -411,11 +423,12 @@ memlog_commit (const guint64 * frame, guint64 tid)
 
 /*
  * Transaction id aborts: its stores and those of any open child are undone newest first (or, with
- * restore == 0, dropped).  Returns the entries restored, -1 without a marker; *complete is 0 when
- * a store did not fit in the log since the transaction began.
+ * restore == 0, dropped), but for the page at `skip` (memlog_rollback).  Returns the entries
+ * restored, -1 without a marker; *complete is 0 when a store did not fit in the log since the
+ * transaction began.
  */
 gint64
-memlog_abort (MemLog * log, guint64 id, int restore, guint64 * complete)
+memlog_abort (MemLog * log, guint64 id, int restore, guint64 * complete, guint64 skip)
 {
   gint64 i = find_marker (log, id);
   Marker * m;
@@ -425,7 +438,7 @@ memlog_abort (MemLog * log, guint64 id, int restore, guint64 * complete)
   m = &log->markers[i];
   *complete = log->overflows == m->overflows;
   if (restore)
-    restored = (gint64) memlog_rollback (log, m->pos);
+    restored = (gint64) memlog_rollback (log, m->pos, skip);
   else
     log->len = m->pos;
   log->n = (guint64) i;

@@ -52,14 +52,17 @@ def test_heal_restores_every_byte_and_without_rollback_does_not(memlog_target, o
     assert stats["restored"] == 0 and control.alive()
 
 
-@pytest.mark.parametrize("how", ["munmap", "mprotect", "brk"])
+@pytest.mark.parametrize("how", ["munmap", "mprotect", "brk", "readonly"])
 @pytest.mark.parametrize("opt", ["-O0", "-O2"])
-def test_a_store_to_a_page_unmapped_after_it_was_logged_is_healed(memlog_target, opt, how):
-    """The inline log reads the old bytes itself only on pages record() read before; each way a
-    page stops being readable that the agent watches (munmap, mprotect PROT_NONE, the break moved
-    below it) makes it forget the page, so the store that then faults is healed like any other.
-    Without the forgetting, the inline read faulted inside Stalker's code and the process died.
-    (mmap MAP_FIXED over a logged page is not watched: docs/memlog-and-wire.md.)"""
+def test_a_store_that_faults_on_a_page_logged_before_is_healed(memlog_target, opt, how):
+    """A page the memory log has logged stores on stops taking them. The inline log reads the old
+    bytes itself only on pages record() read before; each way a page stops being readable that the
+    agent watches (munmap, mprotect PROT_NONE, the break moved below it) makes it forget the page,
+    so the store that then faults is healed like any other (without the forgetting, the inline
+    read faulted inside Stalker's code and the process died). A page made read-only is still
+    readable: the store is logged, faults, and the rollback must not write its old bytes back
+    there (it faulted again inside the exception handler and the process died, before the inline
+    log too). mmap MAP_FIXED over a logged page is not watched: docs/memlog-and-wire.md."""
     target = memlog_target(opt, "attach")
     events: list = []
     script = target.load(agent_source(), lambda m, d: events.append(m))

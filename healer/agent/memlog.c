@@ -471,16 +471,16 @@ memlog_gradual_here (void)
 
 /*
  * A `ret` of a followed thread to an address that is not mapped (a smashed return address, no
- * stack protector) must fault where the exception handler can heal it.  Stalker would instead
- * try to translate the garbage target inside its own code, and the process died of SIGSEGV with
- * the handler never running.  The transform calls this before every `ret` with its target: a page
- * seen readable before passes at the cost of one cache probe (memlog_ret_pages: page number + 1
- * in a slot chosen by a multiplicative hash; with 4096 slots (page number modulo 4096, or
- * hashed), two of the ~100 pages Apache returns to shared a slot, as the birthday bound says,
- * and evicted each other twice a request, each miss two system calls; benign races between
- * threads only cost a re-check).  Otherwise the target is
- * read without faulting and, if unreadable, read for real: that fault is an ordinary SIGSEGV in a
- * supervised transaction, healed by rollback and a virtualized return.
+ * stack protector) must fault where the exception handler can heal it. Stalker would instead try
+ * to translate the garbage target inside its own code, and the process died of SIGSEGV with the
+ * handler never running. The transform calls this before every `ret` with its target: a page seen
+ * readable before passes at the cost of one cache probe (memlog_ret_pages: page number + 1 in a
+ * slot chosen by a multiplicative hash; with 4096 slots (page number modulo 4096, or hashed), two
+ * of the ~100 pages Apache returns to shared a slot, as the birthday bound says, and evicted each
+ * other twice a request, each miss two system calls; benign races between threads only cost a re-
+ * check). Otherwise the target is read without faulting and, if unreadable, read for real: that
+ * fault is an ordinary SIGSEGV in a supervised transaction, healed by rollback and a virtualized
+ * return.
  */
 #define RET_PAGES 65536
 #define RET_HASH 0xffffffff9e3779b1ULL /* an odd imm32 (sign-extended): the slot is bits 16-31 */
@@ -812,10 +812,10 @@ put_inline_log (GumX86Writer * cw, guint size, gint32 ** miss)
     0x81, 0xe3, 0xff, 0x0f, 0x00, 0x00,                                    /* and ebx, 4095 */
   };
   const gint entry = 16 + (gint) ((size + 7) & ~7u) + 8;
-  guint8 cmp_page[] = { 0x48, 0x3b, 0xb4, 0xda, 0, 0, 0, 0 };            /* cmp rsi, [rdx+rbx*8+d32] */
+  guint8 cmp_page[] = { 0x48, 0x3b, 0xb4, 0xda, 0, 0, 0, 0 };  /* cmp rsi, [rdx+rbx*8+d32] */
   guint8 cmp_fits[] = { 0x81, 0xfb, 0, 0, 0, 0 };                        /* cmp ebx, 4096 - size */
   guint8 add_bytes[] = { 0x48, 0x83, 0x42, 0x20, (guint8) size };        /* add [rdx+32], size */
-  guint8 put_imm[] = { 0x48, 0xc7, 0x43, 0, 0, 0, 0, 0 };                /* mov qword [rbx+d8], imm32 */
+  guint8 put_imm[] = { 0x48, 0xc7, 0x43, 0, 0, 0, 0, 0 };      /* mov qword [rbx+d8], imm32 */
   guint k;
 
   gum_x86_writer_put_push_reg (cw, GUM_X86_RBX);
@@ -877,12 +877,12 @@ put_jump_back (GumX86Writer * cw, const guint8 * target)
  * [skip_lo, skip_hi): counted as skipped), any other store of 1-32 bytes (logged inline,
  * put_inline_log), and a `ret` whose target page memlog_check_ret already found readable
  * (memlog_ret_pages). The flags live in rax meanwhile (lahf and seto, restored by add and sahf:
- * cheaper than pushf and popf), rcx and rdx are scratch (rbx too while logging). Left to the full
- * call: fs:, 32-bit addressing, rep and masked stores, other sizes, a store that straddles
- * skip_hi (record() splits it), a page record() has not read yet or one crossing its page, a full
- * log. Returns where the fast path jumps to when done
- * (patched by the caller to the end of the whole sequence), or NULL when nothing was written; on
- * a miss it falls through to the full call with every register as it was.
+ * cheaper than pushf and popf), rcx and rdx are scratch (rbx and rsi too while logging). Left to
+ * the full call: fs:, 32-bit addressing, rep and masked stores, other sizes, a store that
+ * straddles skip_hi (record() splits it), a page record() has not read yet or one crossing its
+ * page, a full log. Returns where the fast path jumps to when done (patched by the caller to the
+ * end of the whole sequence), or NULL when nothing was written; on a miss it falls through to the
+ * full call with every register as it was.
  */
 static gint32 *
 put_fast_path (GumX86Writer * cw, MemLog * log, const StorePacked * desc, gint64 disp)

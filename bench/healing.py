@@ -7,7 +7,8 @@
 2. Cost per supervised call: ``work()`` of targets/callbench.c called in a loop, native, with an
    empty C listener of Interceptor.attach (what the agent hooked with before its own stubs),
    supervised on the agent's C path (no plugin wants per-transaction JS hooks), then on its JS
-   path (plugins with JS onTxBegin/onTxLeave/onTxCommit loaded), all in one run.
+   path (a repair policy with an integrity check on ``work``: the policy's JS onTxLeave), all in
+   one run.
 
     python -m bench healing [--rounds N] [--calls N]
 """
@@ -19,6 +20,7 @@ import json
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,19 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def _supervised(pid: int, disabled: tuple[str, ...]) -> Any:
-    config = build_config(Options(coverage="all", rollback=False, disabled=disabled), None)
+def _supervised(pid: int, disabled: tuple[str, ...], policy: Path | None = None) -> Any:
+    config = build_config(Options(coverage="all", rollback=False, disabled=disabled,
+                                  policy=policy), None)
     return open_healer(config, pid=pid)
+
+
+# An integrity check on `work`'s epilogue: the policy then offers the core a JS onTxLeave, which
+# puts every supervised call through JavaScript (the wire and the memory log have native hooks
+# only).
+_IVP_POLICY = """ivp MeasureStack :=: ('raddress=='shadowstack[0]);
+rp Zero := ('rvalue==0);
+tp work &MeasureStack :=: &Zero;
+"""
 
 
 async def _heal_latency(rounds: int) -> dict[str, Any]:
@@ -117,9 +129,11 @@ async def _call_cost(calls: int) -> dict[str, Any]:
         empty = await trio.to_thread.run_sync(_empty_listener_ns, target, calls)
         async with _supervised(target.proc.pid, ALL_PLUGINS):
             c_path = _ns_per_call(target, calls)
-        # wire (onTxBegin/onTxCommit) and policy (onTxLeave) put every transaction through JS
-        async with _supervised(target.proc.pid, ("memlog", "profile")):
-            js_path = _ns_per_call(target, calls // 20)
+        with tempfile.TemporaryDirectory() as tmp:
+            policy = Path(tmp, "ivp.pol")
+            policy.write_text(_IVP_POLICY)
+            async with _supervised(target.proc.pid, ("memlog", "profile"), policy):
+                js_path = _ns_per_call(target, calls // 20)
         native_after = _ns_per_call(target, calls)
     finally:
         target.close()

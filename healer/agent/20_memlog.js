@@ -68,7 +68,7 @@ const _memlogModule = (function () {
     });
     const opts = { exceptions: 'propagate' };
     cm._abort = new NativeFunction(cm.memlog_abort, 'int64',
-      ['pointer', 'uint64', 'int', 'pointer', 'uint64'], opts);
+      ['pointer', 'uint64', 'int', 'pointer', 'pointer'], opts);
     cm._register = new NativeFunction(cm.memlog_register, 'int', ['pointer'], opts);
     cm._pthreadSelf = new NativeFunction(libc.getExportByName('pthread_self'), 'pointer', []);
     forgetUnmapped(libc);
@@ -467,7 +467,7 @@ const _memlogModule = (function () {
   function rollback(tx, written) {
     const st = threads.get(tx.threadId);
     const flag = Memory.alloc(8);
-    const page = written ? uint64(written.toString()).and(uint64('0xfffffffffffff000')) : uint64(0);
+    const page = written ? written.and(ptr('0xfffffffffffff000')) : NULL;
     const restored = st === undefined ? -1
       : cm._abort(st.log, uint64(tx.id), config.rollback === false ? 0 : 1, flag, page).toNumber();
     if (restored < 0) return { restored: 0, complete: false, why: 'no marker for this transaction' };

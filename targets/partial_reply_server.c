@@ -16,6 +16,8 @@
  *              and 2 after it.
  *   WAIT NAME  the same, but waits in poll() for the answer before reading it (as APR does after
  *              a short read): the question must be released before the poll, not at the read.
+ *   TALK NAME  handle_dialog: the ASK exchange one call deeper (handle_exchange nested in it, as
+ *              Apache's request handling is nested in its connection loop), then "TALKED N\n".
  *   STATE      outside any supervised function: "STATE stage=S served=N\n".
  *   LAST       outside any supervised function: "LAST NS\n", the CLOCK_MONOTONIC time at which
  *              the last successful handle_request had written its reply and was returning
@@ -90,6 +92,20 @@ handle_exchange (int fd, const char *name, int poll_first)
   return 0;
 }
 
+int g_talks;
+
+__attribute__((noinline)) int
+handle_dialog (int fd, const char *name)
+{
+  char out[32];
+  int r = handle_exchange (fd, name, 0);
+  if (r == -2)
+    return r;
+  snprintf (out, sizeof out, "TALKED %d\n", ++g_talks); /* also: no tail call of handle_exchange */
+  write (fd, out, strlen (out));
+  return r;
+}
+
 /* Serves one connection to its end (an over-long line ends it) and closes it. */
 static void
 serve_connection (int fd)
@@ -106,6 +122,8 @@ serve_connection (int fd)
       handle_exchange (fd, line + 4, 0);
     else if (strncmp (line, "WAIT ", 5) == 0)
       handle_exchange (fd, line + 5, 1);
+    else if (strncmp (line, "TALK ", 5) == 0)
+      handle_dialog (fd, line + 5);
     else if (strncmp (line, "STATE", 5) == 0)
     {
       snprintf (out, sizeof out, "STATE stage=%d served=%d\n", g_stage, g_served);

@@ -240,11 +240,11 @@ class Link:
         self._wake_writer()
 
     def announced(self, rng: OutRange) -> None:
-        """A transaction announced server output ``rng`` (its bytes may arrive before or after)."""
+        """A transaction announced server output ``rng`` (its bytes may arrive before or after);
+        the caller kicks (``kick``) once it applied the rest of its batch of events."""
         missing = self.holding().add_range(rng)
         if missing is not None:
             self._missing([OutRange(*missing, rng.state)])
-        self.kick()
 
     def _missing(self, ranges: list[OutRange]) -> None:
         if ranges:

@@ -72,10 +72,11 @@ def _gradual_commit(tx: _Tx, link: Link) -> None:
             consumed[lk] = max(consumed.get(lk, 0), end)
         t.ins = []
     for t in ancestors:
-        for lk, rng in t.out:
-            if lk is link and rng.state == HELD:
-                rng.state = RELEASED
-        t.out = [(lk, rng) for lk, rng in t.out if lk is not link]
+        if t.out:
+            for lk, rng in t.out:
+                if lk is link and rng.state == HELD:
+                    rng.state = RELEASED
+            t.out = [(lk, rng) for lk, rng in t.out if lk is not link]
     for lk, end in consumed.items():
         lk.input_committed(end)
 
@@ -121,6 +122,9 @@ class ControlSession:
         self.guarding = False
         self._errors = 0
         self._txs: dict[int, _Tx] = {}
+        # links whose releasable output may have changed, kicked once the batch of lines is applied
+        # (an IO line's kick before the GRADUAL that releases it found nothing to send)
+        self._dirty: dict[Link, None] = {}
         self._cids: dict[int, _Binding] = {}
         self._handlers: dict[type, Callable[[c.Message], bytes]] = {
             c.Guard: self._guard, c.Unguard: self._unguard, c.Conn: self._conn,
@@ -145,7 +149,13 @@ class ControlSession:
             out = handler(msg) if handler is not None else self._handle(msg)  # type: ignore[arg-type]
             if out:
                 answer += out
+        self._kick_dirty()
         return answer
+
+    def _kick_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for link in dirty:
+            link.kick()
 
     def _handle(self, msg: c.Message | c.Malformed) -> bytes:
         if isinstance(msg, c.Malformed):
@@ -227,6 +237,7 @@ class ControlSession:
                 binding.waiting.clear()
                 for owner, (offset, inputs) in late.items():  # aborted while the link was
                     link.aborted(offset, owner.reason, sorted(inputs))  # unknown: as if known
+        self._kick_dirty()
 
     def _binding(self, cid: int) -> _Binding | None:
         return self._cids.get(cid)
@@ -278,16 +289,17 @@ class ControlSession:
                 rng = OutRange(msg.start, msg.end, _STATE[owner.state])
                 owner.out.append((link, rng))
                 link.announced(rng)
+                self._dirty[link] = None
             else:
                 owner.ins.append((link, msg.start, msg.end))
         elif kind is c.Gradual and tx is not None:
             _gradual_commit(tx, link)
-            link.kick()
+            self._dirty[link] = None
         elif kind is c.Release:
             assert isinstance(msg, c.Release)
             hold = link.holding()
             hold.release_wm = max(hold.release_wm, msg.upto)
-            link.kick()
+            self._dirty[link] = None
         return b""
 
     def _commit(self, msg: c.Message) -> bytes:
@@ -314,7 +326,7 @@ class ControlSession:
         for link, end in consumed.items():
             link.input_committed(end)
         for link in links:
-            link.kick()
+            self._dirty[link] = None
         return b""
 
     def _abort(self, msg: c.Message) -> bytes:

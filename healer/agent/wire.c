@@ -824,6 +824,45 @@ sock_of (gint64 fd)
   return s->state == S_TCP ? s : NULL;
 }
 
+/*
+ * Lock held, right after a GRADUAL was queued: the thread's innermost announced transactions
+ * (never the outermost) whose BEGIN is still queued and that now hold nothing at the gateway
+ * (every socket they wrote to was released by this GRADUAL) go back to unannounced. Their queued
+ * lines name their parent instead (BEGIN dropped, IO and GRADUAL rewritten, as folding does for a
+ * commit), so they cost no BEGIN now and no COMMIT later; if they move bytes again they are
+ * announced again. Equivalent for the gateway: a GRADUAL releases the output of a transaction and
+ * of its ancestors on that connection, and commits the input of its ancestors and descendants, so
+ * the parent's GRADUAL covers the same bytes, and what it leaves behind (output elsewhere) is
+ * exactly what stops this. Apache under COSAK: each request's two nested announced transactions
+ * (their BEGINs and COMMITs) are 4 of the 7 lines the gateway parses at each GRADUAL, while
+ * Apache waits for its next request.
+ */
+static void
+unannounce_released (Stack * t)
+{
+  while (t->ann > 1)
+  {
+    Rec * r = &t->r[t->ann - 1];
+    guint64 parent = t->r[t->ann - 2].id, i, j;
+    if (r->nout != 0 || r->gen != wire.gen || r->begin >= wire.n ||
+        wire.q[r->begin].type != E_BEGIN || wire.q[r->begin].a != r->id)
+      return;
+    wire.q[r->begin].type = E_NONE;
+    for (i = r->begin + 1; i < wire.n; i++)
+    {
+      Entry * e = &wire.q[i];
+      if ((e->type != E_IO && e->type != E_GRADUAL) || e->a != r->id)
+        continue;
+      e->a = parent;
+      for (j = 0; e->type == E_GRADUAL && j < i; j++)
+        if (wire.q[j].type == E_GRADUAL && wire.q[j].a == parent && wire.q[j].b == e->b)
+          e->type = E_NONE; /* the parent wrote there too: its own GRADUAL is queued already */
+    }
+    t->ann--;
+    wire.folded++;
+  }
+}
+
 /* Before a read inside a transaction that wrote on this socket: release that output (GRADUAL)
  * and make the memory changed so far permanent, or the request/response exchange deadlocks. */
 static void
@@ -850,7 +889,10 @@ before_input (Sock * s)
     }
   }
   if (any)
+  {
     wire.gradual++;
+    unannounce_released (t);
+  }
   unlock ();
   if (any)
   {

@@ -75,6 +75,33 @@ def test_a_conversation_becomes_commit_protocol_lines(listener, server):
     assert wire["connected"] and wire["lostLines"] == 0 and wire["sendFailures"] == 0
 
 
+def test_a_nested_transaction_released_by_a_gradual_is_announced_under_its_parent(listener,
+                                                                                  server):
+    """TALK: handle_dialog (tx 1) > handle_exchange (tx 2) writes its question, then reads. The
+    GRADUAL releases the question; tx 2 then holds nothing at the gateway, so its BEGIN (still
+    queued) is dropped and its lines name tx 1. Its read announces it again; it commits folded."""
+    server.instrument({"control": {"path": str(listener.path), "token": TOKEN}},
+                      functions=("handle_dialog", "handle_exchange"))
+    listener.until(lambda m: isinstance(m, c.Guard))
+    client = server.connect()
+    client.sendall(b"TALK bob\n")
+    question = read_line(client)
+    assert question == b"QUESTION bob?\n"
+    first = listener.until(lambda m: isinstance(m, c.Gradual))
+    cid = next(m for m in first if isinstance(m, c.Conn)).cid
+    q = len(question)
+    assert coalesce([m for m in first if not isinstance(m, c.Conn)]) == [
+        c.Begin(1, None), c.Io(1, cid, "out", 0, q), c.Gradual(1, cid)]
+    client.sendall(b"yes\n")
+    assert read_line(client) == b"ANSWERED yes\n"
+    assert read_line(client) == b"TALKED 1\n"
+    inp = len(b"TALK bob\n")
+    assert coalesce(listener.until(lambda m: isinstance(m, c.Commit))) == [
+        c.Io(1, cid, "in", inp, inp + 4), c.Io(1, cid, "out", q, q + 13 + 9), c.Commit(1)]
+    wire = server.status()["wire"]
+    assert wire["announced"] == 3 and wire["folded"] == 2 and wire["gradual"] == 1
+
+
 def test_without_a_control_socket_the_server_keeps_serving_and_says_so(tmp_path, server):
     server.instrument({"control": {"path": str(tmp_path / "absent.sock"), "token": TOKEN}})
     client = server.connect()

@@ -98,3 +98,28 @@ async def test_gradual_commit_releases_what_came_before_the_read(server, tmp_pat
             await client.send(b"yes\n")
             assert await recv_until(client, b"\n") == b"ANSWERED yes\n"
         nursery.cancel_scope.cancel()
+
+
+# TALK: the ASK exchange nested in handle_dialog. The agent announces handle_exchange's output under
+# handle_dialog once the GRADUAL released it (tests/wire/test_events.py); the nested transaction's
+# later output is still its own: discarded when it aborts, while its parent's goes out.
+async def test_gradual_inside_a_nested_transaction_releases_its_output(server, tmp_path):
+    talk = {"coverage": {"mode": "list", "functions": ["handle_dialog", "handle_exchange"]},
+            "profile": {"fixed": "0"}}  # a healed handle_exchange returns 0
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, server, tmp_path, agent=talk)
+        with client:
+            for n, (name, answer) in enumerate(((b"carol", b"yes"), (b"dave", b"crash")), 1):
+                await client.send(b"TALK " + name + b"\n")
+                assert await recv_until(client, b"\n") == b"QUESTION " + name + b"?\n"
+                await client.send(answer + b"\n")
+                after = await recv_until(client, b"TALKED %d\n" % n)
+                if answer == b"yes":
+                    assert after == b"ANSWERED yes\nTALKED 1\n"
+                else:  # handle_exchange faulted after "ANSWERED ": replaced; TALKED goes out
+                    assert b"ANSWERED" not in after and after.startswith(b"ERR")
+                    assert after.endswith(b"TALKED 2\n")
+        nursery.cancel_scope.cancel()
+    status = server.status()
+    assert status["txn"]["heals"] == 1
+    assert status["wire"]["aborts"] == 1 and status["wire"]["errs"] == 0

@@ -72,11 +72,10 @@ def _gradual_commit(tx: _Tx, link: Link) -> None:
             consumed[lk] = max(consumed.get(lk, 0), end)
         t.ins = []
     for t in ancestors:
-        if t.out:
-            for lk, rng in t.out:
-                if lk is link and rng.state == HELD:
-                    rng.state = RELEASED
-            t.out = [(lk, rng) for lk, rng in t.out if lk is not link]
+        for lk, rng in t.out:
+            if lk is link and rng.state == HELD:
+                rng.state = RELEASED
+        t.out = [(lk, rng) for lk, rng in t.out if lk is not link]
     for lk, end in consumed.items():
         lk.input_committed(end)
 

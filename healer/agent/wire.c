@@ -824,43 +824,27 @@ sock_of (gint64 fd)
   return s->state == S_TCP ? s : NULL;
 }
 
-/*
- * Lock held, right after a GRADUAL was queued: the thread's innermost announced transactions
- * (never the outermost) whose BEGIN is still queued and that now hold nothing at the gateway
- * (every socket they wrote to was released by this GRADUAL) go back to unannounced. Their queued
- * lines name their parent instead (BEGIN dropped, IO and GRADUAL rewritten, as folding does for a
- * commit), so they cost no BEGIN now and no COMMIT later; if they move bytes again they are
- * announced again. Equivalent for the gateway: a GRADUAL releases the output of a transaction and
- * of its ancestors on that connection, and commits the input of its ancestors and descendants, so
- * the parent's GRADUAL covers the same bytes, and what it leaves behind (output elsewhere) is
- * exactly what stops this. Apache under COSAK: each request's two nested announced transactions
- * (their BEGINs and COMMITs) are 4 of the 7 lines the gateway parses at each GRADUAL, while
- * Apache waits for its next request.
- */
-static void
-unannounce_released (Stack * t)
+/* Lock held: while r's BEGIN is still in the unsent queue, its queued lines are folded into
+ * `parent` (its IO lines and the BEGIN of a queued child name the parent, its BEGIN is dropped)
+ * and 1 is returned; the gateway then never hears of r. 0 once its BEGIN was sent. */
+static int
+fold_into (const Rec * r, guint64 parent)
 {
-  while (t->ann > 1)
+  guint64 i;
+  if (r->gen != wire.gen || r->begin >= wire.n || wire.q[r->begin].type != E_BEGIN ||
+      wire.q[r->begin].a != r->id)
+    return 0;
+  wire.q[r->begin].type = E_NONE;
+  for (i = r->begin + 1; i < wire.n; i++)
   {
-    Rec * r = &t->r[t->ann - 1];
-    guint64 parent = t->r[t->ann - 2].id, i, j;
-    if (r->nout != 0 || r->gen != wire.gen || r->begin >= wire.n ||
-        wire.q[r->begin].type != E_BEGIN || wire.q[r->begin].a != r->id)
-      return;
-    wire.q[r->begin].type = E_NONE;
-    for (i = r->begin + 1; i < wire.n; i++)
-    {
-      Entry * e = &wire.q[i];
-      if ((e->type != E_IO && e->type != E_GRADUAL) || e->a != r->id)
-        continue;
+    Entry * e = &wire.q[i];
+    if (e->type == E_IO && e->a == r->id)
       e->a = parent;
-      for (j = 0; e->type == E_GRADUAL && j < i; j++)
-        if (wire.q[j].type == E_GRADUAL && wire.q[j].a == parent && wire.q[j].b == e->b)
-          e->type = E_NONE; /* the parent wrote there too: its own GRADUAL is queued already */
-    }
-    t->ann--;
-    wire.folded++;
+    else if (e->type == E_BEGIN && e->b == r->id)
+      e->b = parent;
   }
+  wire.folded++;
+  return 1;
 }
 
 /* Before a read inside a transaction that wrote on this socket: release that output (GRADUAL)
@@ -869,8 +853,7 @@ static void
 before_input (Sock * s)
 {
   Stack * t;
-  guint64 i;
-  int any = 0;
+  guint64 i, wrote = 0; /* bit i: t->r[i] wrote on s (MAX_OPEN is 64) */
   if (!wire.control)
     return;
   t = stack_of (0);
@@ -879,22 +862,40 @@ before_input (Sock * s)
   if (!lock ())
     return;
   for (i = 0; i < t->ann; i++)
-  {
     if (take_out (&t->r[i], s->cid))
-    {
-      Entry * e = push (E_GRADUAL);
-      e->a = t->r[i].id;
-      e->b = s->cid;
-      any = 1;
-    }
-  }
-  if (any)
+      wrote |= 1ULL << i;
+  if (wrote != 0)
   {
+    /*
+     * The innermost announced transactions (never the outermost) that this GRADUAL leaves
+     * holding nothing at the gateway (they wrote on no other socket) are folded into their
+     * parent while their BEGIN is still queued, and are unannounced again: no BEGIN now, no
+     * COMMIT later, announced again if they move bytes again. The same for the gateway: a
+     * GRADUAL releases the output of a transaction and of its ancestors on that connection and
+     * commits the input of its ancestors and descendants, so the parent's covers the same bytes.
+     * Apache under COSAK: each request's two nested transactions were 4 of the 7 lines the
+     * gateway parsed at each GRADUAL, while Apache waits for its next request.
+     */
+    while (t->ann > 1 && t->r[t->ann - 1].nout == 0 &&
+        fold_into (&t->r[t->ann - 1], t->r[t->ann - 2].id))
+    {
+      if (wrote >> (t->ann - 1) & 1)
+        wrote |= 1ULL << (t->ann - 2); /* its output on s is the parent's now */
+      t->ann--;
+    }
+    for (i = 0; i < t->ann; i++)
+    {
+      if (wrote >> i & 1)
+      {
+        Entry * e = push (E_GRADUAL);
+        e->a = t->r[i].id;
+        e->b = s->cid;
+      }
+    }
     wire.gradual++;
-    unannounce_released (t);
   }
   unlock ();
-  if (any)
+  if (wrote != 0)
   {
     if (wire.memlog)
       ((void (*) (void)) wire.memlog) ();
@@ -1126,27 +1127,8 @@ wire_commit (const guint64 * frame, guint64 tid)
     else
       for (i = 0; i < r->nout; i++)
         note_out (parent, r->outs[i]);
-    if (r->gen == wire.gen && r->begin < wire.n && wire.q[r->begin].type == E_BEGIN &&
-        wire.q[r->begin].a == id)
-    {
-      wire.q[r->begin].type = E_NONE;
-      for (i = r->begin + 1; i < wire.n; i++)
-      {
-        Entry * e = &wire.q[i];
-        if ((e->type == E_IO && e->a == id) || (e->type == E_BEGIN && e->b == id))
-        {
-          if (e->type == E_IO)
-            e->a = parent->id;
-          else
-            e->b = parent->id;
-        }
-      }
-      wire.folded++;
-    }
-    else
-    {
+    if (!fold_into (r, parent->id))
       push (E_COMMIT)->a = id;
-      }
   }
   unlock ();
   if (urgent)
